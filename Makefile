@@ -1,0 +1,42 @@
+# The README's two commands: `make report` (main job) and `make test`. Both set everything up.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+# `make report` on the built-in synthetic data by default; `make report DATA=/path/to/mvtec CATEGORY=screw` for real data.
+DATA ?=
+CATEGORY ?= screw_like
+SYNTH_DIR := data/synthetic
+REPORT_DIR ?= reports
+PYTEST_ARGS ?=
+
+.PHONY: install test report lab synth benchmark clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m ipykernel install --sys-prefix --name anomaly --display-name "Python (anomaly)" > /dev/null
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+report: $(STAMP)
+	$(BIN)/python -m anomaly report --out $(REPORT_DIR) $(if $(DATA),--data $(DATA) --category $(CATEGORY),--synthetic-dir $(SYNTH_DIR) --category $(CATEGORY))
+
+synth: $(STAMP)
+	$(BIN)/anomaly synth --out $(SYNTH_DIR)
+
+# Real MVTec AD screw benchmark (the README's results table): make benchmark MVTEC=../shared/datasets/mvtec_ad
+MVTEC ?= ../shared/datasets/mvtec_ad
+benchmark: $(STAMP)
+	$(BIN)/anomaly benchmark --data $(MVTEC) --categories screw --methods autoencoder,padim,patchcore --out weights/benchmark
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,168 @@
+"""Command-line interface: ``anomaly <command> ...`` (also ``python -m anomaly``).
+
+Thin by design: every command parses argv and calls :mod:`anomaly.pipeline` (or the
+service / export modules). Unknown options, methods and parameters fail with a clear message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from anomaly.models import METHODS
+
+logger = logging.getLogger("anomaly")
+
+
+def _parse_set(items: Sequence[str]) -> dict[str, Any]:
+    """``["k=v", ...]`` -> dict; values parsed as JSON when they can be (numbers, bools, lists)."""
+    params: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            params[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key.replace("-", "_")] = value
+    return params
+
+
+def _model_params(args: argparse.Namespace) -> dict[str, Any]:
+    params = _parse_set(args.set)
+    for name in ("image_size", "epochs", "backbone", "weights"):
+        value = getattr(args, name, None)
+        if value is not None:
+            params[name] = value
+    return params
+
+
+def cmd_synth(args: argparse.Namespace) -> None:
+    from anomaly.synthetic import generate_dataset
+
+    out = generate_dataset(Path(args.out), seed=args.seed, image_size=args.image_size, n_train=args.n_train,
+                           n_test_good=args.n_test_good, n_per_defect=args.n_per_defect)
+    print(out)
+
+
+def cmd_fit(args: argparse.Namespace) -> None:
+    from anomaly.pipeline import fit_run
+
+    run_dir = fit_run(args.data, args.category, args.method, args.run_dir, params=_model_params(args),
+                      device=args.device, seed=args.seed, val_fraction=args.val_fraction,
+                      batch_size=args.batch_size, threshold_method=args.threshold_method,
+                      max_train=args.max_train)
+    print(run_dir)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from anomaly.pipeline import evaluate_run
+
+    metrics = evaluate_run(args.run_dir, device=args.device, data=args.data)
+    print(json.dumps({k: v for k, v in metrics.items() if k != "per_defect_type"}, indent=2))
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from anomaly.pipeline import load_run, predict_paths
+
+    run = load_run(args.run_dir, device=args.device)
+    heatmap_dir = Path(args.heatmap_dir) if args.heatmap_dir else Path(args.run_dir) / "heatmaps"
+    for record in predict_paths(run, args.images, heatmap_dir=heatmap_dir):
+        print(json.dumps(record))
+
+
+def cmd_benchmark(args: argparse.Namespace) -> None:
+    from anomaly.benchmark import run_benchmark
+
+    table = run_benchmark(args.data, args.categories.split(","), args.methods.split(","), Path(args.out),
+                          device=args.device, seed=args.seed, params=_parse_set(args.set))
+    print(table)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="anomaly", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("synth", help="write the built-in synthetic MVTec-like dataset")
+    p.add_argument("--out", required=True, help="output root (categories are written under it)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--n-train", type=int, default=200)
+    p.add_argument("--n-test-good", type=int, default=40)
+    p.add_argument("--n-per-defect", type=int, default=15)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("fit", help="fit a detector on train/good and write a run folder")
+    p.add_argument("--method", required=True, choices=METHODS)
+    p.add_argument("--data", required=True, help="dataset root in MVTec AD layout")
+    p.add_argument("--category", required=True)
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--epochs", type=int, help="autoencoder only")
+    p.add_argument("--backbone", help="padim/patchcore: efficientnet_lite0|lite1|lite2 or a timm name")
+    p.add_argument("--weights", help="padim/patchcore: local state_dict for --backbone (never downloaded)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any detector parameter")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of train/good held out for the threshold")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--threshold-method", default="quantile", choices=("quantile", "mean_std"))
+    p.add_argument("--max-train", type=int, help="use at most N training images (data-efficiency studies)")
+    _add_common(p)
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("evaluate", help="score the test split; write metrics.json")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--data", help="override the dataset root recorded in the run")
+    _add_common(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="score image files; one JSON line per image")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--heatmap-dir", help="where heatmap PNGs go (default RUN_DIR/heatmaps)")
+    p.add_argument("images", nargs="+")
+    _add_common(p)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("benchmark", help="fit + evaluate every (category, method) pair")
+    p.add_argument("--data", required=True)
+    p.add_argument("--categories", required=True, help="comma-separated")
+    p.add_argument("--methods", default="autoencoder,padim,patchcore", help="comma-separated")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                   help="override a detector parameter for one method, e.g. autoencoder.epochs=20")
+    _add_common(p)
+    p.set_defaults(func=cmd_benchmark)
+
+    _add_service_commands(sub)
+    return parser
+
+
+def _add_service_commands(sub: argparse._SubParsersAction) -> None:
+    """serve / export / latency / loadtest live in anomaly.service and anomaly.export."""
+    try:
+        from anomaly.service import add_commands as add_service
+    except ImportError:  # pragma: no cover - service module not installed yet
+        return
+    add_service(sub)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, OSError) as err:
+        parser.exit(2, f"anomaly {args.command}: error: {err}\n")
+    return 0

@@ -1,0 +1,34 @@
+"""Detectors sharing one interface: ``ConvAutoencoder``, ``PaDiM``, ``PatchCore``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from anomaly.models.base import Detector, Prediction
+
+METHODS = ("autoencoder", "padim", "patchcore")
+
+
+def get_detector_class(method: str) -> type[Detector]:
+    """Return the detector class for ``method`` (imported lazily); unknown names raise ``ValueError``."""
+    if method == "autoencoder":
+        from anomaly.models.autoencoder import ConvAutoencoder
+
+        return ConvAutoencoder
+    if method == "padim":
+        from anomaly.models.padim import PaDiM
+
+        return PaDiM
+    if method == "patchcore":
+        from anomaly.models.patchcore import PatchCore
+
+        return PatchCore
+    raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+
+
+def create_detector(method: str, params: dict[str, Any] | None = None, device: str = "cpu") -> Detector:
+    """Build an unfitted detector; unknown ``params`` keys raise ``ValueError``."""
+    return get_detector_class(method)(dict(params or {}), device=device)
+
+
+__all__ = ["METHODS", "Detector", "Prediction", "create_detector", "get_detector_class"]

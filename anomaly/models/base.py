@@ -1,0 +1,116 @@
+"""The one interface every detector shares (autoencoder, PaDiM, PatchCore).
+
+A detector is fitted on good images only and returns, for a batch of images,
+one anomaly score per image and one anomaly map per image at the input's resolution.
+On disk a detector is ``model.json`` (method + config) and ``model.pt`` (a dict of
+tensors loaded with ``weights_only=True``) -- never a pickled module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from anomaly.utils import make_config, resolve_device
+
+MODEL_JSON = "model.json"
+MODEL_STATE = "model.pt"
+
+
+@dataclass
+class Prediction:
+    """What every detector returns.
+
+    Attributes:
+        image_scores: (B,) float32, higher = more anomalous.
+        anomaly_maps: (B, H, W) float32 at the input images' resolution.
+    """
+
+    image_scores: np.ndarray
+    anomaly_maps: np.ndarray
+
+
+class Detector(ABC):
+    """Base class: ``fit(train_loader) -> self``, ``predict(images) -> Prediction``, ``save``/``load``.
+
+    Subclasses set ``name`` (the CLI's ``--method``) and ``config_class`` (a dataclass whose
+    fields are the detector's parameters, including ``image_size``), and implement
+    ``_fit``, ``_predict``, ``state_dict`` and ``load_state_dict``.
+    """
+
+    name: ClassVar[str]
+    config_class: ClassVar[type]
+
+    def __init__(self, config: Any = None, device: str | torch.device = "cpu") -> None:
+        if config is None:
+            config = self.config_class()
+        elif isinstance(config, dict):
+            config = make_config(self.config_class, config)
+        self.config = config
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+
+    # -- the interface -------------------------------------------------------------------------
+    def fit(self, train_loader: DataLoader) -> "Detector":
+        """Fit on good images. ``train_loader`` yields dicts with ``image`` (B, 3, S, S) in [0, 1]."""
+        self._fit(train_loader)
+        return self
+
+    @torch.inference_mode()
+    def predict(self, images: torch.Tensor) -> Prediction:
+        """Score a batch.
+
+        Args:
+            images: (B, 3, H, W) float in [0, 1]; resized internally to ``config.image_size``.
+
+        Returns:
+            Prediction with scores (B,) and maps (B, H, W) at the input's H, W.
+        """
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
+        return self._predict(images.to(self.device, torch.float32))
+
+    def save(self, directory: str | Path) -> None:
+        """Write ``model.json`` and ``model.pt`` into ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = {"method": self.name, "config": dataclasses.asdict(self.config)}
+        (directory / MODEL_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+        state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
+        torch.save(state, directory / MODEL_STATE)
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> "Detector":
+        """Rebuild a saved detector; ``cls`` may be ``Detector`` itself (dispatches on ``method``)."""
+        from anomaly.models import get_detector_class
+
+        directory = Path(directory)
+        meta_path = directory / MODEL_JSON
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{meta_path} not found: is {directory} a run folder written by `anomaly fit`?")
+        meta = json.loads(meta_path.read_text())
+        klass = get_detector_class(meta["method"]) if cls is Detector else cls
+        detector = klass(meta["config"], device=device)
+        state = torch.load(directory / MODEL_STATE, map_location="cpu", weights_only=True)
+        detector.load_state_dict(state)
+        return detector
+
+    # -- what subclasses implement ----------------------------------------------------------------
+    @abstractmethod
+    def _fit(self, train_loader: DataLoader) -> None: ...
+
+    @abstractmethod
+    def _predict(self, images: torch.Tensor) -> Prediction: ...
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, torch.Tensor]: ...
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
