@@ -83,6 +83,15 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     print(table)
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    from anomaly.report import build_report
+
+    index = build_report(Path(args.out), data=args.data, category=args.category,
+                         synthetic_dir=Path(args.synthetic_dir), runs_dir=Path(args.runs_dir),
+                         params=_parse_set(args.set), notebooks=args.notebooks.split(",") if args.notebooks else None)
+    print(index)
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
 
@@ -142,6 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a detector parameter for one method, e.g. autoencoder.epochs=20")
     _add_common(p)
     p.set_defaults(func=cmd_benchmark)
+
+    p = sub.add_parser("report", help="run every notebook with papermill into executed notebooks + HTML")
+    p.add_argument("--out", default="reports", help="where executed notebooks, HTML and index.html go")
+    p.add_argument("--data", help="MVTec AD root (default: the built-in synthetic data)")
+    p.add_argument("--category", default="screw_like")
+    p.add_argument("--synthetic-dir", default="data/synthetic", help="generated here when --data is not given")
+    p.add_argument("--runs-dir", default="weights/report", help="run folders written by the notebooks")
+    p.add_argument("--notebooks", help="comma-separated subset, e.g. 01,03 (default: all)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="notebook parameter override (unknown names are an error)")
+    p.set_defaults(func=cmd_report)
 
     _add_service_commands(sub)
     return parser

@@ -13,13 +13,14 @@ import torch
 import torch.nn.functional as F
 
 
-def gaussian_kernel1d(sigma: float, truncate: float = 4.0) -> torch.Tensor:
-    """Normalised 1-D Gaussian of radius ``ceil(truncate * sigma)`` (scipy's default truncation).
+def gaussian_kernel1d(sigma: float, truncate: float = 4.0, radius: int | None = None) -> torch.Tensor:
+    """Normalised 1-D Gaussian of radius ``ceil(truncate * sigma)`` (scipy's default), or ``radius``.
 
     Returns:
         (2 * radius + 1,) float32 summing to 1.
     """
-    radius = max(1, math.ceil(truncate * sigma))
+    if radius is None:
+        radius = max(1, math.ceil(truncate * sigma))
     x = torch.arange(-radius, radius + 1, dtype=torch.float32)
     kernel = torch.exp(-0.5 * (x / sigma) ** 2)
     return kernel / kernel.sum()

@@ -1,0 +1,295 @@
+"""Convolutional autoencoder detector: anomalies are what the network cannot reconstruct.
+
+The network follows the autoencoder of Bergmann et al., "Improving Unsupervised Defect
+Segmentation by Applying Structural Similarity to Autoencoders" (VISAPP 2019), which is the
+AE baseline of the MVTec AD paper (Bergmann et al., CVPR 2019): strided 4x4 convolutions with
+BatchNorm + LeakyReLU(0.2) down to a dense latent vector (100 dims), mirrored by transposed
+convolutions. It is trained with an MSE reconstruction loss on good images only.
+
+Anomaly map, ``map="l1"``: per-pixel ``|x - x_hat|`` averaged over the 3 channels, computed in
+[0, 1] image space (the reconstruction is de-normalised and clamped first), so map values do
+not depend on the training set's statistics. ``map="ssim"`` (AE-SSIM of the MVTec AD paper):
+``1 - SSIM`` with an 11x11 Gaussian window (sigma 1.5) between the grayscale input and the
+grayscale reconstruction; values lie in [0, 2]. Either map is optionally Gaussian-smoothed at
+``image_size`` resolution, the image score is its max (or the mean of its top-k fraction) at
+``image_size``, and the map is bilinearly resized to the input's resolution.
+
+Input normalisation (per-channel mean/std) is computed from the training images in ``fit``
+and stored in the state dict, never from test images.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from anomaly.models.base import Detector, Prediction
+from anomaly.models.postprocess import gaussian_blur, gaussian_kernel1d, upsample_maps
+
+logger = logging.getLogger(__name__)
+
+_GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma
+
+
+@dataclass
+class AutoencoderConfig:
+    """Parameters of :class:`ConvAutoencoder` (the keys of ``--param``/``params``)."""
+
+    image_size: int = 128  # network input side; a multiple of 16, >= 32
+    base_channels: int = 32  # channels of the first conv layers (2x and 4x deeper)
+    latent_dim: int = 100  # size of the dense bottleneck vector
+    epochs: int = 100
+    lr: float = 1e-3  # Adam learning rate
+    batch_size: int = 16
+    seed: int = 0  # seeds weight init and the batch order
+    loss: str = "mse"  # "mse" | "ssim" (mean 1 - SSIM per channel, the AE-SSIM training loss)
+    map: str = "l1"  # "l1" | "ssim"
+    smooth_sigma: float = 4.0  # Gaussian sigma in px at image_size; 0 disables
+    score: str = "max"  # "max" | "topk_mean"
+    topk: float = 0.01  # fraction of map pixels averaged when score == "topk_mean"
+    normalise: bool = True  # per-channel mean/std from the training images
+
+    def __post_init__(self) -> None:
+        if self.image_size < 32 or self.image_size % 16:
+            raise ValueError(f"image_size must be a multiple of 16 and >= 32, got {self.image_size}")
+        for field, value, choices in (
+            ("loss", self.loss, ("mse", "ssim")),
+            ("map", self.map, ("l1", "ssim")),
+            ("score", self.score, ("max", "topk_mean")),
+        ):
+            if value not in choices:
+                raise ValueError(f"{field} must be one of {', '.join(choices)}, got {value!r}")
+        if not 0.0 < self.topk <= 1.0:
+            raise ValueError(f"topk must be in (0, 1], got {self.topk}")
+        if min(self.base_channels, self.latent_dim, self.epochs, self.batch_size) < 1:
+            raise ValueError("base_channels, latent_dim, epochs and batch_size must be >= 1")
+
+
+def _block(conv: nn.Module, channels: int) -> nn.Sequential:
+    return nn.Sequential(conv, nn.BatchNorm2d(channels), nn.LeakyReLU(0.2))
+
+
+class AutoencoderNet(nn.Module):
+    """Encoder (S -> S/16 -> dense latent) and mirrored decoder, Bergmann et al. 2019 layout."""
+
+    def __init__(self, image_size: int = 128, base_channels: int = 32, latent_dim: int = 100) -> None:
+        super().__init__()
+        c, k = base_channels, image_size // 16  # k: spatial side at the bottleneck (8 at 128)
+        self.encoder = nn.Sequential(
+            _block(nn.Conv2d(3, c, 4, 2, 1), c),  # (B, c, S/2, S/2)
+            _block(nn.Conv2d(c, c, 4, 2, 1), c),  # (B, c, S/4, S/4)
+            _block(nn.Conv2d(c, c, 3, 1, 1), c),
+            _block(nn.Conv2d(c, 2 * c, 4, 2, 1), 2 * c),  # (B, 2c, S/8, S/8)
+            _block(nn.Conv2d(2 * c, 2 * c, 3, 1, 1), 2 * c),
+            _block(nn.Conv2d(2 * c, 4 * c, 4, 2, 1), 4 * c),  # (B, 4c, S/16, S/16)
+            _block(nn.Conv2d(4 * c, 2 * c, 3, 1, 1), 2 * c),
+            _block(nn.Conv2d(2 * c, c, 3, 1, 1), c),
+            nn.Conv2d(c, latent_dim, k),  # (B, latent, 1, 1)
+        )
+        self.decoder = nn.Sequential(
+            _block(nn.ConvTranspose2d(latent_dim, c, k), c),  # (B, c, S/16, S/16)
+            _block(nn.Conv2d(c, 2 * c, 3, 1, 1), 2 * c),
+            _block(nn.Conv2d(2 * c, 4 * c, 3, 1, 1), 4 * c),
+            _block(nn.ConvTranspose2d(4 * c, 2 * c, 4, 2, 1), 2 * c),  # (B, 2c, S/8, S/8)
+            _block(nn.Conv2d(2 * c, 2 * c, 3, 1, 1), 2 * c),
+            _block(nn.ConvTranspose2d(2 * c, c, 4, 2, 1), c),  # (B, c, S/4, S/4)
+            _block(nn.Conv2d(c, c, 3, 1, 1), c),
+            _block(nn.ConvTranspose2d(c, c, 4, 2, 1), c),  # (B, c, S/2, S/2)
+            nn.ConvTranspose2d(c, 3, 4, 2, 1),  # (B, 3, S, S), linear output (normalised space)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) normalised images -> (B, 3, S, S) reconstructions in the same space."""
+        return self.decoder(self.encoder(x))
+
+
+def to_grayscale(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) RGB -> (B, 1, H, W) luma."""
+    weights = torch.tensor(_GRAY_WEIGHTS, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    return (images * weights).sum(dim=1, keepdim=True)
+
+
+def ssim_map(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Per-pixel SSIM (Wang et al. 2004) of images in [0, 1], channel by channel.
+
+    Args:
+        x, y: (B, C, H, W) tensors with data range 1.
+        window: side of the Gaussian window (odd).
+        sigma: standard deviation of the window.
+
+    Returns:
+        (B, C, H, W) SSIM in [-1, 1]; 1 where ``x == y``. Borders use replicate padding.
+    """
+    c1, c2 = 0.01**2, 0.03**2
+    g = gaussian_kernel1d(sigma, radius=window // 2).to(x.device, x.dtype)  # (window,)
+    channels, pad = x.shape[1], window // 2
+    kernel = (g[:, None] * g[None, :]).expand(channels, 1, window, window)  # (C, 1, w, w)
+
+    def filt(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.pad(t, (pad,) * 4, mode="replicate"), kernel, groups=channels)
+
+    mu_x, mu_y = filt(x), filt(y)
+    var_x = filt(x * x) - mu_x**2
+    var_y = filt(y * y) - mu_y**2
+    cov = filt(x * y) - mu_x * mu_y
+    num = (2 * mu_x * mu_y + c1) * (2 * cov + c2)
+    den = (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
+    return (num / den).clamp(-1.0, 1.0)
+
+
+def topk_mean(maps: torch.Tensor, fraction: float) -> torch.Tensor:
+    """(B, H, W) -> (B,) mean of the largest ``fraction`` of each map's pixels (at least one)."""
+    flat = maps.flatten(1)  # (B, H*W)
+    k = max(1, round(fraction * flat.shape[1]))
+    return flat.topk(k, dim=1).values.mean(dim=1)
+
+
+class ConvAutoencoder(Detector):
+    """Reconstruction-based detector; see the module docstring for map and score definitions.
+
+    Attributes:
+        history: mean training loss per epoch, filled by ``fit``.
+    """
+
+    name = "autoencoder"
+    config_class = AutoencoderConfig
+
+    def __init__(self, config: AutoencoderConfig | dict | None = None, device: str | torch.device = "cpu") -> None:
+        super().__init__(config, device)
+        self.network = self._build_network()
+        self.mean = torch.zeros(3, device=self.device)  # (3,) normalisation stats, set by fit
+        self.std = torch.ones(3, device=self.device)
+        self.history: list[float] = []
+        self.fitted = False
+
+    def _build_network(self) -> AutoencoderNet:
+        cfg = self.config
+        return AutoencoderNet(cfg.image_size, cfg.base_channels, cfg.latent_dim).to(self.device)
+
+    # -- training ----------------------------------------------------------------------------------
+    def _fit(self, train_loader: DataLoader) -> None:
+        cfg = self.config
+        torch.manual_seed(cfg.seed)
+        images = self._collect(train_loader)  # (N, 3, S, S) on CPU, cached: decode/resize once
+        if cfg.normalise:
+            self.mean = images.mean(dim=(0, 2, 3)).to(self.device)
+            self.std = images.std(dim=(0, 2, 3)).clamp_min(1e-6).to(self.device)
+        self.network = self._build_network()  # fresh, seeded weights
+        optimiser = torch.optim.Adam(self.network.parameters(), lr=cfg.lr)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        self.history = []
+        self.network.train()
+        progress = tqdm(range(cfg.epochs), desc="autoencoder", unit="epoch", leave=False)
+        for _ in progress:
+            order = torch.randperm(len(images), generator=generator)
+            total = 0.0
+            for start in range(0, len(images), cfg.batch_size):
+                batch = images[order[start : start + cfg.batch_size]].to(self.device)  # (b, 3, S, S)
+                loss = self._loss(batch)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                total += loss.item() * len(batch)
+            self.history.append(total / len(images))
+            progress.set_postfix(loss=f"{self.history[-1]:.5f}")
+        self.network.eval()
+        self.fitted = True
+        logger.info("autoencoder: %d epochs on %d images, final loss %.5f", cfg.epochs, len(images), self.history[-1])
+
+    def _collect(self, train_loader: DataLoader) -> torch.Tensor:
+        """Read every training batch once, resized to ``image_size``: (N, 3, S, S) float32 on CPU."""
+        chunks = []
+        for batch in train_loader:
+            if not isinstance(batch, dict) or "image" not in batch:
+                raise ValueError("train_loader must yield dicts with an 'image' tensor of shape (B, 3, H, W)")
+            chunks.append(self._resize(batch["image"].float()).cpu())
+        if not chunks:
+            raise ValueError("train_loader yielded no images: the autoencoder needs good training images")
+        return torch.cat(chunks)
+
+    def _loss(self, batch: torch.Tensor) -> torch.Tensor:
+        """Reconstruction loss of a (b, 3, S, S) batch in [0, 1]."""
+        x = self._normalise(batch)
+        x_hat = self.network(x)
+        if self.config.loss == "mse":
+            return F.mse_loss(x_hat, x)
+        return (1.0 - ssim_map(self._denormalise(x_hat), batch)).mean()
+
+    # -- inference ---------------------------------------------------------------------------------
+    def _predict(self, images: torch.Tensor) -> Prediction:
+        x = self._resize(images)  # (B, 3, S, S)
+        x_hat = self._reconstruct(x)
+        if self.config.map == "l1":
+            maps = (x - x_hat).abs().mean(dim=1)  # (B, S, S)
+        else:
+            maps = 1.0 - ssim_map(to_grayscale(x_hat), to_grayscale(x)).squeeze(1)  # (B, S, S)
+        maps = gaussian_blur(maps, self.config.smooth_sigma)
+        if self.config.score == "max":
+            scores = maps.flatten(1).amax(dim=1)  # (B,)
+        else:
+            scores = topk_mean(maps, self.config.topk)
+        maps = upsample_maps(maps, images.shape[-2:])  # (B, H, W)
+        return Prediction(
+            image_scores=scores.float().cpu().numpy(),
+            anomaly_maps=maps.float().cpu().numpy(),
+        )
+
+    @torch.inference_mode()
+    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
+        """Reconstructions for figures.
+
+        Args:
+            images: (B, 3, H, W) float in [0, 1].
+
+        Returns:
+            (B, 3, H, W) reconstructions in [0, 1] on the CPU, resized back to the input's H, W.
+        """
+        images = images.to(self.device, torch.float32)
+        x_hat = self._reconstruct(self._resize(images))  # (B, 3, S, S)
+        if x_hat.shape[-2:] != images.shape[-2:]:
+            x_hat = F.interpolate(x_hat, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return x_hat.clamp(0.0, 1.0).cpu()
+
+    def _reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) in [0, 1] -> (B, 3, S, S) reconstruction in [0, 1]."""
+        if not self.fitted:
+            raise RuntimeError("the autoencoder is not fitted: call fit() or load a saved model first")
+        self.network.eval()
+        return self._denormalise(self.network(self._normalise(x))).clamp(0.0, 1.0)
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def _resize(self, images: torch.Tensor) -> torch.Tensor:
+        size = self.config.image_size
+        if tuple(images.shape[-2:]) == (size, size):
+            return images
+        return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean.view(1, 3, 1, 1)) / self.std.view(1, 3, 1, 1)
+
+    def _denormalise(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.std.view(1, 3, 1, 1) + self.mean.view(1, 3, 1, 1)
+
+    # -- persistence -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Network weights (``network.*``), normalisation stats and the loss history."""
+        state = {f"network.{k}": v for k, v in self.network.state_dict().items()}
+        state["mean"], state["std"] = self.mean, self.std
+        state["history"] = torch.tensor(self.history, dtype=torch.float64)
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`state_dict` returned; the detector is then ready to predict."""
+        prefix = "network."
+        self.network.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+        self.network.eval()
+        self.mean = state["mean"].to(self.device, torch.float32)
+        self.std = state["std"].to(self.device, torch.float32)
+        self.history = [float(v) for v in state.get("history", torch.empty(0)).tolist()]
+        self.fitted = True

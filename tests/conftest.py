@@ -1,0 +1,43 @@
+"""Shared fixtures: a tiny synthetic MVTec-like data set (once per session) and a hand-made fake MVTec folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from anomaly.synthetic import generate_dataset
+
+TINY = dict(image_size=64, n_train=12, n_test_good=4, n_per_defect=2)
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    """Data root holding ``screw_like`` and ``texture`` at 64 px: 12 train, 4 test good, 2 per defect type."""
+    return generate_dataset(tmp_path_factory.mktemp("synthetic"), seed=0, **TINY)
+
+
+def _write(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+@pytest.fixture
+def tiny_mvtec(tmp_path) -> Path:
+    """A hand-made MVTec folder ``ROOT/widget``: 5 train good, 2 test good, 2 ``crack`` images with masks.
+
+    Images are 32x32 RGB; masks are 32x32 {0, 255} with a 4x4 square. Tests may change it freely.
+    """
+    rng = np.random.default_rng(0)
+    cat = tmp_path / "widget"
+    for i in range(5):
+        _write(cat / "train" / "good" / f"{i:03d}.png", rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    for i in range(2):
+        _write(cat / "test" / "good" / f"{i:03d}.png", rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+        _write(cat / "test" / "crack" / f"{i:03d}.png", rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+        mask = np.zeros((32, 32), np.uint8)
+        mask[8:12, 8 + i:12 + i] = 255
+        _write(cat / "ground_truth" / "crack" / f"{i:03d}_mask.png", mask)
+    return tmp_path
