@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from anomaly.models import METHODS
+from anomaly.service import add_commands as add_service_commands
 
 logger = logging.getLogger("anomaly")
 
@@ -163,17 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="notebook parameter override (unknown names are an error)")
     p.set_defaults(func=cmd_report)
 
-    _add_service_commands(sub)
+    add_service_commands(sub)  # serve, loadtest, export, latency
     return parser
-
-
-def _add_service_commands(sub: argparse._SubParsersAction) -> None:
-    """serve / export / latency / loadtest live in anomaly.service and anomaly.export."""
-    try:
-        from anomaly.service import add_commands as add_service
-    except ImportError:  # pragma: no cover - service module not installed yet
-        return
-    add_service(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
