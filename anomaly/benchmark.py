@@ -1,0 +1,113 @@
+"""Benchmark: fit + evaluate every (category, method) pair and tabulate the metrics.
+
+Each pair runs through :func:`anomaly.pipeline.fit_run` and :func:`anomaly.pipeline.evaluate_run`
+into ``OUT/<category>/<method>/`` (a normal run folder), by default in a fresh process so that
+its peak resident memory (``ru_maxrss``) is its own and not the maximum over earlier runs.
+Timings depend on what else the machine is doing, so the 1-minute load average before and
+after each run is recorded next to them. Results go to ``OUT/benchmark.json`` and
+``OUT/benchmark.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from anomaly.models import METHODS
+from anomaly.utils import read_json, write_json
+
+logger = logging.getLogger(__name__)
+
+COLUMNS = ("category", "method", "image_auroc", "pixel_auroc", "aupro", "f1_max_oracle", "fit_seconds",
+           "predict_ms_per_image", "peak_rss_mib", "load_before", "load_after")
+_SCORES = ("image_auroc", "pixel_auroc", "aupro", "f1_max_oracle")
+
+
+def split_params(params: dict[str, Any] | None, methods: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``{"patchcore.coreset_ratio": 0.1}`` -> ``{"patchcore": {"coreset_ratio": 0.1}, ...}``.
+
+    Raises:
+        ValueError: a key without ``METHOD.`` or naming a method that is not benchmarked.
+    """
+    out: dict[str, dict[str, Any]] = {m: {} for m in methods}
+    for key, value in (params or {}).items():
+        method, sep, name = key.partition(".")
+        if not sep or method not in out:
+            raise ValueError(f"benchmark parameter {key!r} must look like METHOD.KEY with METHOD one of "
+                             f"{', '.join(methods)}")
+        out[method][name] = value
+    return out
+
+
+def run_benchmark(data: str | Path, categories: Sequence[str], methods: Sequence[str], out: str | Path,
+                  device: str = "auto", seed: int = 0, params: dict[str, Any] | None = None,
+                  isolate: bool = True) -> str:
+    """Fit and evaluate each (category, method); return the results as a Markdown table.
+
+    Args:
+        data: dataset root in MVTec AD layout.
+        categories: category folder names under ``data``.
+        methods: detector names (see :data:`anomaly.models.METHODS`).
+        out: output folder; run folders go to ``out/<category>/<method>``.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        seed: seeds the validation split and the detectors.
+        params: per-method overrides as ``{"METHOD.KEY": value}``.
+        isolate: run each pair in a fresh (spawned) process for a per-run peak RSS.
+    """
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    per_method = split_params(params, methods)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for category in categories:
+        for method in methods:
+            run_dir = out / category / method
+            job = (str(data), category, method, str(run_dir), per_method[method], device, seed)
+            load_before = os.getloadavg()[0]
+            logger.info("benchmark: %s / %s -> %s (load %.1f)", category, method, run_dir, load_before)
+            if isolate:
+                process = multiprocessing.get_context("spawn").Process(target=_fit_and_evaluate, args=job)
+                process.start()
+                process.join()
+                if process.exitcode != 0:
+                    raise RuntimeError(f"benchmark run {category}/{method} failed (exit code {process.exitcode}); "
+                                       f"see the log above and {run_dir}")
+            else:
+                _fit_and_evaluate(*job)
+            metrics = read_json(run_dir / "metrics.json")
+            row = {key: metrics.get(key) for key in COLUMNS}
+            row.update(category=category, method=method, load_before=load_before, load_after=os.getloadavg()[0])
+            rows.append(row)
+            write_json(out / "benchmark.json", {"device": device, "seed": seed, "params": per_method, "cpu_count":
+                                                 os.cpu_count(), "rows": rows})
+    table = markdown_table(rows)
+    (out / "benchmark.md").write_text(table + "\n")
+    return table
+
+
+def _fit_and_evaluate(data: str, category: str, method: str, run_dir: str, params: dict[str, Any], device: str,
+                      seed: int) -> None:
+    from anomaly.pipeline import evaluate_run, fit_run
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    fit_run(data, category, method, run_dir, params=params, device=device, seed=seed)
+    evaluate_run(run_dir, device=device)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Rows of :data:`COLUMNS` as a Markdown table (floats to 3 or 1 decimals)."""
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for row in rows:
+        cells = []
+        for key in COLUMNS:
+            value = row.get(key)
+            if isinstance(value, float):
+                value = f"{value:.3f}" if key in _SCORES else f"{value:.1f}"
+            cells.append("" if value is None else str(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

