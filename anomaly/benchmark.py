@@ -44,7 +44,7 @@ def split_params(params: dict[str, Any] | None, methods: Sequence[str]) -> dict[
 
 def run_benchmark(data: str | Path, categories: Sequence[str], methods: Sequence[str], out: str | Path,
                   device: str = "auto", seed: int = 0, params: dict[str, Any] | None = None,
-                  isolate: bool = True) -> str:
+                  isolate: bool = True, resume: bool = False) -> str:
     """Fit and evaluate each (category, method); return the results as a Markdown table.
 
     Args:
@@ -56,6 +56,7 @@ def run_benchmark(data: str | Path, categories: Sequence[str], methods: Sequence
         seed: seeds the validation split and the detectors.
         params: per-method overrides as ``{"METHOD.KEY": value}``.
         isolate: run each pair in a fresh (spawned) process for a per-run peak RSS.
+        resume: reuse a pair whose run folder already holds ``metrics.json`` instead of refitting it.
     """
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
@@ -66,28 +67,35 @@ def run_benchmark(data: str | Path, categories: Sequence[str], methods: Sequence
     rows = []
     for category in categories:
         for method in methods:
-            run_dir = out / category / method
-            job = (str(data), category, method, str(run_dir), per_method[method], device, seed)
-            load_before = os.getloadavg()[0]
-            logger.info("benchmark: %s / %s -> %s (load %.1f)", category, method, run_dir, load_before)
-            if isolate:
-                process = multiprocessing.get_context("spawn").Process(target=_fit_and_evaluate, args=job)
-                process.start()
-                process.join()
-                if process.exitcode != 0:
-                    raise RuntimeError(f"benchmark run {category}/{method} failed (exit code {process.exitcode}); "
-                                       f"see the log above and {run_dir}")
-            else:
-                _fit_and_evaluate(*job)
-            metrics = read_json(run_dir / "metrics.json")
-            row = {key: metrics.get(key) for key in COLUMNS}
-            row.update(category=category, method=method, load_before=load_before, load_after=os.getloadavg()[0])
-            rows.append(row)
-            write_json(out / "benchmark.json", {"device": device, "seed": seed, "params": per_method, "cpu_count":
-                                                 os.cpu_count(), "rows": rows})
+            job = (str(data), category, method, str(out / category / method), per_method[method], device, seed)
+            rows.append(_run_one(job, isolate, resume))
+            write_json(out / "benchmark.json", {"device": device, "seed": seed, "params": per_method,
+                                                 "cpu_count": os.cpu_count(), "rows": rows})
     table = markdown_table(rows)
     (out / "benchmark.md").write_text(table + "\n")
     return table
+
+
+def _run_one(job: tuple, isolate: bool, resume: bool) -> dict[str, Any]:
+    """Fit + evaluate one ``(data, category, method, run_dir, params, device, seed)`` job; return its row."""
+    category, method, run_dir = job[1], job[2], Path(job[3])
+    load_before = os.getloadavg()[0]
+    logger.info("benchmark: %s / %s -> %s (load %.1f)", category, method, run_dir, load_before)
+    if resume and (run_dir / "metrics.json").is_file():
+        logger.info("benchmark: reusing %s (--resume)", run_dir)
+    elif isolate:
+        process = multiprocessing.get_context("spawn").Process(target=_fit_and_evaluate, args=job)
+        process.start()
+        process.join()
+        if process.exitcode != 0:
+            raise RuntimeError(f"benchmark run {category}/{method} failed (exit code {process.exitcode}); "
+                               f"see the log above and {run_dir}")
+    else:
+        _fit_and_evaluate(*job)
+    metrics = read_json(run_dir / "metrics.json")
+    row = {key: metrics.get(key) for key in COLUMNS}
+    row.update(category=category, method=method, load_before=load_before, load_after=os.getloadavg()[0])
+    return row
 
 
 def _fit_and_evaluate(data: str, category: str, method: str, run_dir: str, params: dict[str, Any], device: str,

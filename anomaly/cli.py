@@ -80,7 +80,7 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     from anomaly.benchmark import run_benchmark
 
     table = run_benchmark(args.data, args.categories.split(","), args.methods.split(","), Path(args.out),
-                          device=args.device, seed=args.seed, params=_parse_set(args.set))
+                          device=args.device, seed=args.seed, params=_parse_set(args.set), resume=args.resume)
     print(table)
 
 
@@ -150,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
                    help="override a detector parameter for one method, e.g. autoencoder.epochs=20")
+    p.add_argument("--resume", action="store_true", help="reuse pairs whose run folder already has metrics.json")
     _add_common(p)
     p.set_defaults(func=cmd_benchmark)
 

@@ -14,17 +14,18 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import matplotlib
 import matplotlib.ticker
 import numpy as np
-import pandas as pd
-import seaborn as sns
 from matplotlib.figure import Figure
 from PIL import Image
 
 from anomaly import metrics as M
+
+if TYPE_CHECKING:  # pandas and seaborn are imported where used: the service only needs the PNG helpers
+    import pandas as pd
 
 CMAP = "jet"  # the colour map of the original study's heatmaps
 CONTOUR_COLOUR = "lime"
@@ -164,6 +165,8 @@ def defect_size_figure(areas: pd.DataFrame) -> Figure:
     Args:
         areas: one row per defective image with ``defect_type`` and ``area_fraction`` (``data.mask_areas``).
     """
+    import seaborn as sns
+
     frame = areas.assign(area_percent=100.0 * areas["area_fraction"])
     types = sorted(frame["defect_type"].unique())
     fig, axes = _new_figure(1, 1, cell=4.5)
@@ -238,6 +241,8 @@ def score_histogram(labels: np.ndarray, scores: np.ndarray, threshold: float,
 
 def confusion_figure(labels: np.ndarray, scores: np.ndarray, threshold: float) -> Figure:
     """2x2 confusion matrix (seaborn heatmap) when ``score >= threshold`` means defective."""
+    import seaborn as sns
+
     labels = np.asarray(labels).astype(int)
     predicted = (np.asarray(scores) >= threshold).astype(int)
     counts = np.zeros((2, 2), dtype=int)

