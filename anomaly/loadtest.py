@@ -8,6 +8,7 @@ in onnxruntime, per image, at batch sizes 1 and 8.
 
 from __future__ import annotations
 
+import functools
 import io
 import ipaddress
 import logging
@@ -15,7 +16,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -130,27 +131,37 @@ def _summarise(results: Sequence[tuple[int, float]], wall: float, concurrency: i
             "latency_ms_mean": float(ok_latencies.mean()) if n_ok else None, "latency_ms_max": pct(100)}
 
 
-def time_calls(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """Wall-clock and process CPU seconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls.
+def time_calls(fns: Mapping[str, Callable[[], Any]], repeats: int,
+               rounds: int = 5) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Wall-clock and process CPU seconds of ``repeats`` calls of each function.
 
-    CPU time (all threads of this process) is the steadier number on a machine shared with other jobs.
+    The calls run in ``rounds`` blocks per function, the functions taking turns block by block, so a
+    slow spell of a shared machine hits them alike. Each block starts with one untimed call: it
+    absorbs the previous block's thread pool still spinning (call-by-call alternation would time that
+    interference, which a deployed service never sees). CPU time (all threads of this process) is the
+    steadier number when other jobs share the cores.
     """
-    for _ in range(warmup):
-        fn()
-    wall, cpu = [], []
-    for _ in range(repeats):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        fn()
-        wall.append(time.perf_counter() - start)
-        cpu.append(time.process_time() - start_cpu)
-    return np.array(wall), np.array(cpu)
+    wall: dict[str, list[float]] = {name: [] for name in fns}
+    cpu: dict[str, list[float]] = {name: [] for name in fns}
+    rounds = max(1, min(rounds, repeats))
+    for index in range(rounds):
+        block = repeats // rounds + (index < repeats % rounds)
+        for name, fn in fns.items():
+            fn()  # untimed
+            for _ in range(block):
+                start, start_cpu = time.perf_counter(), time.process_time()
+                fn()
+                wall[name].append(time.perf_counter() - start)
+                cpu[name].append(time.process_time() - start_cpu)
+    return {name: (np.array(wall[name]), np.array(cpu[name])) for name in fns}
 
 
 def measure_latency(run_dir: str | Path, image_size: int | None = None, repeats: int = 20,
                     batch_sizes: Sequence[int] = (1, 8), threads: int | None = None) -> dict[str, Any]:
     """Per-image latency of the run's detector, eager PyTorch vs onnxruntime; writes ``RUN_DIR/latency.json``.
 
-    Each timed call scores a random (B, 3, S, S) batch end to end (tensor in, scores and maps out);
+    Each timed call scores a random (B, 3, S, S) batch end to end (tensor in, scores and maps out),
+    the two runtimes taking turns in blocks (:func:`time_calls`);
     per-image latency is the call's time divided by B.
 
     Returns:
@@ -171,8 +182,10 @@ def measure_latency(run_dir: str | Path, image_size: int | None = None, repeats:
     rows = []
     for batch in batch_sizes:
         images = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
-        for runtime, scorer in scorers.items():
-            wall, cpu = (t * 1000.0 / batch for t in time_calls(lambda: scorer.predict(images), repeats))
+        timings = time_calls({runtime: functools.partial(scorer.predict, images)
+                              for runtime, scorer in scorers.items()}, repeats)
+        for runtime, (wall, cpu) in timings.items():
+            wall, cpu = wall * 1000.0 / batch, cpu * 1000.0 / batch
             rows.append({"runtime": runtime, "batch_size": batch, "ms_p50": float(np.percentile(wall, 50)),
                          "ms_p95": float(np.percentile(wall, 95)), "ms_mean": float(wall.mean()),
                          "cpu_ms_p50": float(np.percentile(cpu, 50))})

@@ -18,7 +18,7 @@ from PIL import Image
 
 from anomaly.cli import main
 from anomaly.data import read_image
-from anomaly.loadtest import check_loopback, run_loadtest
+from anomaly.loadtest import check_loopback, run_loadtest, time_calls
 from anomaly.pipeline import fit_run, load_run
 from anomaly.service import ImageDecodeError, create_app, decode_image
 
@@ -254,3 +254,12 @@ def test_create_app_rejects_bad_arguments(run_dir, tmp_path):
         create_app(run_dir, runtime="tensorrt")
     with pytest.raises(FileNotFoundError):
         create_app(tmp_path / "missing")
+
+
+def test_time_calls_takes_turns_in_blocks():
+    order = []
+    timings = time_calls({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, repeats=7, rounds=3)
+    assert [len(wall) for wall, _ in timings.values()] == [7, 7]
+    assert all((wall >= 0).all() and (cpu >= 0).all() for wall, cpu in timings.values())
+    # 3 rounds of blocks of 3, 2, 2 timed calls, each block after one untimed call; the runtimes alternate
+    assert "".join(order) == "aaaa" "bbbb" "aaa" "bbb" "aaa" "bbb"
