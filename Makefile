@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 # `make report` on the built-in synthetic data by default; `make report DATA=/path/to/mvtec CATEGORY=screw` for real data.
 DATA ?=
-CATEGORY ?= screw_like
+CATEGORY ?= $(if $(DATA),screw,screw_like)
 SYNTH_DIR := data/synthetic
 REPORT_DIR ?= reports
 PYTEST_ARGS ?=

@@ -35,18 +35,18 @@ KERNEL_ENV = {"TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore:IProgress not found
 # Defaults sized for 2 CPU cores: under 10 minutes for the synthetic report, under 20 for MVTec AD screw. The
 # autoencoder trains 30 (synthetic) or 50 (real) epochs instead of its default 100 -- about 2.5 s per epoch over 180
 # images at 128 px on an idle 2-core machine; notebook 02 shows whether its loss is still falling. The data-efficiency
-# sweep refits PatchCore on 2 subsets; its full-set point reuses the run of notebook 02. Real data otherwise uses
+# sweep refits PatchCore on 5 subsets; its full-set point reuses the run of notebook 02. Real data otherwise uses
 # the models' defaults (0 = the method's own default: autoencoder 128 px, PaDiM and PatchCore 320 px).
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "synthetic": {"01_data_exploration": {"image_size": 128},
                   "autoencoder": {"image_size": 128, "epochs": 30}, "padim": {"image_size": 256},
                   "patchcore": {"image_size": 256},
                   "05_method_comparison": {"efficiency_method": "patchcore", "image_size": 256,
-                                           "efficiency_sizes": [10, 40]}},
+                                           "efficiency_sizes": [5, 10, 25, 50, 100]}},
     "real": {"01_data_exploration": {"image_size": 256},
              "autoencoder": {"image_size": 0, "epochs": 50}, "padim": {"image_size": 0}, "patchcore": {"image_size": 0},
              "05_method_comparison": {"efficiency_method": "patchcore", "image_size": 0,
-                                      "efficiency_sizes": [10, 50]}},
+                                      "efficiency_sizes": [5, 10, 25, 50, 100]}},
 }
 
 

@@ -10,7 +10,7 @@ from anomaly.models import Detector, create_detector
 from anomaly.models.coreset import GreedyCoresetSampler, RandomSampler, coreset_size, lazy_greedy
 from anomaly.models.patchcore import PatchCore, PatchCoreConfig, nearest_neighbours, reweighted_scores
 
-SMALL = {"image_size": 64, "coreset_ratio": 0.25}
+SMALL = {"image_size": 64, "coreset_ratio": 0.25, "coreset_min_size": 0}
 
 
 def _loader(images: torch.Tensor, batch_size: int = 4) -> list[dict]:
@@ -129,6 +129,26 @@ def test_greedy_coreset_has_the_requested_size_and_unique_rows():
         assert len(idx) == coreset_size(1000, ratio) == len(set(idx.tolist()))
     assert len(RandomSampler(0.1).run(points)) == 100
     assert torch.equal(GreedyCoresetSampler(1.0).run(points), torch.arange(1000))
+
+
+def test_coreset_minimum_size_floors_small_banks():
+    points = torch.randn(1000, 32)
+    assert coreset_size(1000, 0.01, minimum=300) == 300  # the floor wins over 1 % = 10
+    assert coreset_size(1000, 0.5, minimum=300) == 500  # the ratio wins
+    assert coreset_size(200, 0.01, minimum=300) == 200  # never more rows than there are
+    idx = GreedyCoresetSampler(0.01, projection_dim=16, minimum=300).run(points)
+    assert len(idx) == len(set(idx.tolist())) == 300
+    assert len(RandomSampler(0.01, minimum=300).run(points)) == 300
+    with pytest.raises(ValueError, match="minimum"):
+        coreset_size(10, 0.1, minimum=-1)
+
+
+def test_few_shot_fit_keeps_the_floor_of_patches():
+    detector = PatchCore({"image_size": 64, "coreset_ratio": 0.01, "coreset_min_size": 100})
+    detector.fit(_loader(_textured(4, seed=1)))  # 4 x 64 patches: 1 % alone would keep 2
+    assert len(detector.memory_bank) == 100
+    with pytest.raises(ValueError, match="coreset_min_size"):
+        PatchCoreConfig(coreset_min_size=-1)
 
 
 def test_greedy_covers_every_cluster_and_beats_random():

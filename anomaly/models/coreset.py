@@ -1,7 +1,7 @@
 """Coreset subsampling of PatchCore's memory bank (Roth et al., CVPR 2022, Sec. 3.2).
 
 Every sampler has ``run(features) -> indices``: given ``(N, D)`` patch features it returns the
-indices of the ``max(1, int(N * ratio))`` rows kept in the memory bank.
+indices of the ``min(N, max(minimum, int(N * ratio)))`` rows kept in the memory bank (at least 1).
 
 :class:`GreedyCoresetSampler` is the reference implementation's ``ApproximateGreedyCoresetSampler``
 (amazon-science/patchcore-inspection): features are randomly projected (Johnson-Lindenstrauss)
@@ -30,25 +30,27 @@ from tqdm.auto import tqdm
 logger = logging.getLogger(__name__)
 
 
-def coreset_size(n: int, ratio: float) -> int:
-    """Number of rows kept from ``n`` at sampling ``ratio`` (at least 1)."""
+def coreset_size(n: int, ratio: float, minimum: int = 1) -> int:
+    """Number of rows kept from ``n`` at sampling ``ratio``: at least ``minimum`` (and 1), at most ``n``."""
     if not 0.0 < ratio <= 1.0:
         raise ValueError(f"coreset ratio must be in (0, 1], got {ratio}")
-    return max(1, min(n, int(n * ratio)))
+    if minimum < 0:
+        raise ValueError(f"coreset minimum size must be >= 0, got {minimum}")
+    return min(n, max(1, minimum, int(n * ratio)))
 
 
 class RandomSampler:
     """Uniform random subset (the baseline the PatchCore paper compares the greedy coreset with)."""
 
-    def __init__(self, ratio: float, seed: int = 0) -> None:
-        coreset_size(1, ratio)  # validates ratio
-        self.ratio, self.seed = ratio, seed
+    def __init__(self, ratio: float, seed: int = 0, minimum: int = 1) -> None:
+        coreset_size(1, ratio, minimum)  # validates the arguments
+        self.ratio, self.seed, self.minimum = ratio, seed, minimum
 
     def run(self, features: torch.Tensor) -> torch.Tensor:
         """Args: features (N, D). Returns: (k,) int64 indices, sorted."""
         n = features.shape[0]
         generator = torch.Generator().manual_seed(self.seed)
-        return torch.randperm(n, generator=generator)[: coreset_size(n, self.ratio)].sort().values
+        return torch.randperm(n, generator=generator)[: coreset_size(n, self.ratio, self.minimum)].sort().values
 
 
 class GreedyCoresetSampler:
@@ -56,6 +58,7 @@ class GreedyCoresetSampler:
 
     Args:
         ratio: fraction of rows kept.
+        minimum: keep at least this many rows (all of them when there are fewer).
         projection_dim: random-projection dimension for the distance computations (reference: 128);
             no projection when the features have at most this many dims.
         num_starting_points: random points whose mean distance initialises the greedy (reference: 10).
@@ -64,15 +67,15 @@ class GreedyCoresetSampler:
     """
 
     def __init__(self, ratio: float, projection_dim: int = 128, num_starting_points: int = 10,
-                 seed: int = 0, block_size: int = 4096) -> None:
-        coreset_size(1, ratio)
-        self.ratio, self.projection_dim = ratio, projection_dim
+                 seed: int = 0, block_size: int = 4096, minimum: int = 1) -> None:
+        coreset_size(1, ratio, minimum)
+        self.ratio, self.projection_dim, self.minimum = ratio, projection_dim, minimum
         self.num_starting_points, self.seed, self.block_size = num_starting_points, seed, block_size
 
     def run(self, features: torch.Tensor) -> torch.Tensor:
         """Args: features (N, D). Returns: (k,) int64 indices in selection order."""
         n = features.shape[0]
-        k = coreset_size(n, self.ratio)
+        k = coreset_size(n, self.ratio, self.minimum)
         if k >= n:
             return torch.arange(n)
         generator = torch.Generator().manual_seed(self.seed)

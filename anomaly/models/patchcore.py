@@ -49,6 +49,11 @@ class PatchCoreConfig:
     * ``coreset_ratio`` 0.01: the paper's PatchCore-1 %, reported within 0.1-0.2 AUROC points
       of PatchCore-10 % on MVTec AD, with a tenth of the test-time search cost (~4.6k bank
       features from 288 images x 1600 patches) and of the greedy's cost at fit time.
+    * ``coreset_min_size`` 4096: the bank keeps at least this many patches (all of them when
+      there are fewer). A ratio alone would leave a fit on 5 good images ~80 patches, too few to
+      cover one part's appearance, and a data-efficiency curve would measure the ratio instead
+      of the data. 4096 is under screw's 1 % (4.6k), so the floor leaves the full-data default
+      as it was and acts on small training sets, at the search cost of a full-data bank.
     * greedy coreset with ``projection_dim`` 128 and 10 starting points, ``num_neighbors`` 9,
       ``smooth_sigma`` 4: the reference's settings.
     """
@@ -60,6 +65,7 @@ class PatchCoreConfig:
     patch_size: int = 3  # local neighbourhood aggregated around each patch
     layer_dim: int | None = 64  # values per layer in the reference embedding; None = per-channel means
     coreset_ratio: float = 0.01  # fraction of training patches kept in the memory bank
+    coreset_min_size: int = 4096  # ... but at least this many (all when fewer); 0 = the ratio alone
     sampler: str = "greedy"  # greedy | random | none
     projection_dim: int = 128  # random projection used only inside the greedy coreset
     num_starting_points: int = 10  # greedy coreset initialisation
@@ -76,6 +82,8 @@ class PatchCoreConfig:
             raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
         if not 0.0 < self.coreset_ratio <= 1.0:
             raise ValueError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
+        if self.coreset_min_size < 0:
+            raise ValueError(f"coreset_min_size must be >= 0, got {self.coreset_min_size}")
         if self.num_neighbors < 1:
             raise ValueError(f"num_neighbors must be >= 1, got {self.num_neighbors}")
 
@@ -115,8 +123,9 @@ class PatchCore(Detector):
         if cfg.sampler == "none" or cfg.coreset_ratio >= 1.0:
             return None
         if cfg.sampler == "random":
-            return RandomSampler(cfg.coreset_ratio, seed=cfg.seed)
-        return GreedyCoresetSampler(cfg.coreset_ratio, cfg.projection_dim, cfg.num_starting_points, seed=cfg.seed)
+            return RandomSampler(cfg.coreset_ratio, seed=cfg.seed, minimum=cfg.coreset_min_size)
+        return GreedyCoresetSampler(cfg.coreset_ratio, cfg.projection_dim, cfg.num_starting_points, seed=cfg.seed,
+                                    minimum=cfg.coreset_min_size)
 
     # -- predict ---------------------------------------------------------------------------------
     def _predict(self, images: torch.Tensor) -> Prediction:
