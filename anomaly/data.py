@@ -129,13 +129,36 @@ def read_image(path: str | Path, image_size: int | None = None) -> torch.Tensor:
     Grayscale becomes 3 identical channels, alpha is dropped, 16-bit images are scaled by 65535.
     Resizing is bilinear with antialiasing.
     """
-    array = _decode(Path(path))  # (H, W) or (H, W, 3) float32 in [0, 1]
+    return to_image_tensor(_decode(Path(path)), image_size)
+
+
+def to_image_tensor(array: np.ndarray, image_size: int | None = None) -> torch.Tensor:
+    """(H, W) or (H, W, 3) float32 pixels in [0, 1] -> (3, H, W), or (3, S, S) resized bilinearly."""
     image = torch.from_numpy(array)
-    image = image[None].expand(3, -1, -1) if image.ndim == 2 else image.permute(2, 0, 1)  # (3, H, W)
+    image = image[None] if image.ndim == 2 else image.permute(2, 0, 1)  # (1 or 3, H, W)
     if image_size is not None and tuple(image.shape[1:]) != (image_size, image_size):
+        # a single channel is resized once, then repeated: the same values for a third of the work
         image = F.interpolate(image[None], size=(image_size, image_size), mode="bilinear", antialias=True,
                               align_corners=False)[0].clamp_(0.0, 1.0)
-    return image.contiguous()
+    return image.expand(3, -1, -1).contiguous()
+
+
+def image_array(img: Image.Image) -> np.ndarray:
+    """Decoded PIL image -> float32 in [0, 1]: (H, W) for single-channel images, (H, W, 3) otherwise.
+
+    16-bit modes are scaled by 65535, ``F`` is clipped, alpha is dropped, palette/CMYK become RGB.
+    Raises what PIL raises on truncated or corrupt pixel data (OSError, ValueError, SyntaxError).
+    """
+    img.load()
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):  # 16-bit (PNG 16-bit opens as I;16 or I)
+        return np.clip(np.asarray(img, dtype=np.float32) / 65535.0, 0.0, 1.0)
+    if img.mode == "F":
+        return np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
+    if img.mode in ("1", "LA", "La"):
+        img = img.convert("L")
+    elif img.mode not in ("L", "RGB"):  # RGBA, P, CMYK, ...: alpha is dropped
+        img = img.convert("RGB")
+    return np.asarray(img, dtype=np.float32) / 255.0
 
 
 def read_mask(path: str | Path | None, size: tuple[int, int]) -> torch.Tensor:
@@ -293,12 +316,4 @@ def _load(path: Path) -> Image.Image:
 def _decode(path: Path) -> np.ndarray:
     """Pixels as float32 in [0, 1]: (H, W) for single-channel images, (H, W, 3) otherwise."""
     with _load(path) as img:
-        if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):  # 16-bit (PNG 16-bit opens as I;16 or I)
-            return np.clip(np.asarray(img, dtype=np.float32) / 65535.0, 0.0, 1.0)
-        if img.mode == "F":
-            return np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
-        if img.mode in ("1", "LA", "La"):
-            img = img.convert("L")
-        elif img.mode not in ("L", "RGB"):  # RGBA, P, CMYK, ...: alpha is dropped
-            img = img.convert("RGB")
-        return np.asarray(img, dtype=np.float32) / 255.0
+        return image_array(img)

@@ -24,10 +24,10 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from fastapi import FastAPI, File, HTTPException, UploadFile
 from pydantic import BaseModel
 
+from anomaly.data import image_array, to_image_tensor
 from anomaly.models import Prediction
 
 logger = logging.getLogger(__name__)
@@ -70,33 +70,10 @@ def decode_image(data: bytes, image_size: int | None = None, max_pixels: int = M
     if image.width * image.height > max_pixels:
         raise ImageDecodeError(f"image of {image.width}x{image.height} px exceeds {max_pixels} pixels", 413)
     try:
-        array = _to_unit_array(image)  # (H, W) or (H, W, 3) float32 in [0, 1]
+        array = image_array(image)  # (H, W) or (H, W, 3) float32 in [0, 1]
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise ImageDecodeError(f"corrupt or truncated image data ({err})", 422) from err
-    tensor = torch.from_numpy(array)
-    tensor = tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)  # (1 or 3, H, W)
-    if image_size is not None and tuple(tensor.shape[1:]) != (image_size, image_size):
-        # single-channel images are resized once, then repeated: same values, a third of the work
-        tensor = F.interpolate(tensor[None], size=(image_size, image_size), mode="bilinear",
-                               align_corners=False, antialias=True)[0].clamp_(0.0, 1.0)
-    return tensor.expand(3, -1, -1).contiguous()  # (3, S, S)
-
-
-def _to_unit_array(image: Any) -> np.ndarray:
-    """PIL image -> (H, W) or (H, W, 3) float32 in [0, 1], mirroring ``anomaly.data``'s decoding.
-
-    16-bit modes are scaled by 65535, ``F`` is clipped, alpha is dropped, palette becomes RGB.
-    """
-    image.load()
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        return np.clip(np.asarray(image, dtype=np.float32) / 65535.0, 0.0, 1.0)
-    if image.mode == "F":
-        return np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
-    if image.mode in ("1", "LA", "La"):
-        image = image.convert("L")
-    elif image.mode not in ("L", "RGB"):  # RGBA, P, CMYK, ...
-        image = image.convert("RGB")
-    return np.asarray(image, dtype=np.float32) / 255.0
+    return to_image_tensor(array, image_size)  # (3, S, S)
 
 
 class Scorer(Protocol):
