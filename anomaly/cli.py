@@ -1,7 +1,7 @@
 """Command-line interface: ``anomaly <command> ...`` (also ``python -m anomaly``).
 
 Thin by design: every command parses argv and calls :mod:`anomaly.pipeline` (or the
-service / export modules). Unknown options, methods and parameters fail with a clear message.
+service, export and loadtest modules, imported only by the commands that use them). Unknown options, methods and parameters fail with a clear message.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from anomaly.models import METHODS
-from anomaly.service import add_commands as add_service_commands
 
 logger = logging.getLogger("anomaly")
 
@@ -165,8 +164,78 @@ def build_parser() -> argparse.ArgumentParser:
                    help="notebook parameter override (unknown names are an error)")
     p.set_defaults(func=cmd_report)
 
-    add_service_commands(sub)  # serve, loadtest, export, latency
+    _add_service_commands(sub)
     return parser
+
+
+def _add_service_commands(sub: argparse._SubParsersAction) -> None:
+    """``serve``, ``loadtest``, ``export`` and ``latency``."""
+    p = sub.add_parser("serve", help="serve a trained run over HTTP (FastAPI + uvicorn)")
+    p.add_argument("--run-dir", required=True, help="run folder written by `anomaly fit`")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--runtime", default="torch", choices=("torch", "onnx"),
+                   help="onnx: RUN_DIR/model.onnx in onnxruntime (exported first if missing)")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body; larger uploads get 413")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch / onnxruntime intra-op threads per request (concurrent requests use the other cores)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("loadtest", help="load-test a running service on this machine (loopback only)")
+    p.add_argument("--url", default="http://127.0.0.1:8000")
+    p.add_argument("--requests", type=int, default=200)
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--image", help="image file to send (default: a generated 256 px image)")
+    p.add_argument("--timeout-s", type=float, default=300.0, help="stop after this many seconds")
+    p.set_defaults(func=cmd_loadtest)
+
+    p = sub.add_parser("export", help="export a run's detector (backbone + scoring) as one ONNX graph")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--format", default="onnx", choices=("onnx",))
+    p.add_argument("--out", help="output file (default RUN_DIR/model.onnx)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("latency", help="per-image latency, PyTorch vs onnxruntime, batch 1 and 8")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--image-size", type=int, help="input side in px (default: the run's image size)")
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--threads", type=int, help="intra-op threads for both runtimes (default: all cores)")
+    p.set_defaults(func=cmd_latency)
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from anomaly.export import set_torch_threads
+    from anomaly.service import create_app
+
+    set_torch_threads(args.threads)
+    app = create_app(args.run_dir, runtime=args.runtime, max_upload_bytes=int(args.max_upload_mb * 2**20),
+                     threads=args.threads)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+
+
+def cmd_loadtest(args: argparse.Namespace) -> None:
+    from anomaly.loadtest import run_loadtest
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per request
+    image = Path(args.image).read_bytes() if args.image else None
+    result = run_loadtest(args.url, n_requests=args.requests, concurrency=args.concurrency, image=image,
+                          timeout_s=args.timeout_s)
+    print(json.dumps(result, indent=2))
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from anomaly.export import export_run
+
+    print(json.dumps(export_run(args.run_dir, out=args.out), indent=2))
+
+
+def cmd_latency(args: argparse.Namespace) -> None:
+    from anomaly.loadtest import latency_markdown, measure_latency
+
+    print(latency_markdown(measure_latency(args.run_dir, image_size=args.image_size, repeats=args.repeats,
+                                           threads=args.threads)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

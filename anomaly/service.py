@@ -1,4 +1,4 @@
-"""HTTP scoring service for one trained run (``anomaly serve``) and the serving-related CLI commands.
+"""HTTP scoring service for one trained run (``anomaly serve``).
 
 :func:`create_app` loads a run folder once (:func:`anomaly.pipeline.load_run`) and returns a
 FastAPI app with ``GET /health``, ``GET /model``, ``POST /predict`` (multipart field ``file``),
@@ -13,7 +13,6 @@ oversize body 413, undecodable image 415, empty or corrupt image 422, missing fi
 
 from __future__ import annotations
 
-import argparse
 import base64
 import io
 import logging
@@ -283,79 +282,3 @@ class BodyLimitMiddleware:
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": body})
-
-
-# -- CLI ------------------------------------------------------------------------------------------
-def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``serve``, ``loadtest``, ``export`` and ``latency`` on the ``anomaly`` CLI."""
-    p = subparsers.add_parser("serve", help="serve a trained run over HTTP (FastAPI + uvicorn)")
-    p.add_argument("--run-dir", required=True, help="run folder written by `anomaly fit`")
-    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--runtime", default="torch", choices=RUNTIMES,
-                   help="onnx: RUN_DIR/model.onnx in onnxruntime (exported first if missing)")
-    p.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_BYTES / 2**20,
-                   help="largest request body; larger uploads get 413")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch / onnxruntime intra-op threads per request (concurrent requests use the other cores)")
-    p.set_defaults(func=cmd_serve)
-
-    p = subparsers.add_parser("loadtest", help="load-test a running service on this machine (loopback only)")
-    p.add_argument("--url", default="http://127.0.0.1:8000")
-    p.add_argument("--requests", type=int, default=200)
-    p.add_argument("--concurrency", type=int, default=8)
-    p.add_argument("--image", help="image file to send (default: a generated 256 px image)")
-    p.add_argument("--timeout-s", type=float, default=300.0, help="stop after this many seconds")
-    p.set_defaults(func=cmd_loadtest)
-
-    p = subparsers.add_parser("export", help="export a run's detector (backbone + scoring) as one ONNX graph")
-    p.add_argument("--run-dir", required=True)
-    p.add_argument("--format", default="onnx", choices=("onnx",))
-    p.add_argument("--out", help="output file (default RUN_DIR/model.onnx)")
-    p.set_defaults(func=cmd_export)
-
-    p = subparsers.add_parser("latency", help="per-image latency, PyTorch vs onnxruntime, batch 1 and 8")
-    p.add_argument("--run-dir", required=True)
-    p.add_argument("--image-size", type=int, help="input side in px (default: the run's image size)")
-    p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--threads", type=int, help="intra-op threads for both runtimes (default: all cores)")
-    p.set_defaults(func=cmd_latency)
-
-
-def cmd_serve(args: argparse.Namespace) -> None:
-    import uvicorn
-
-    from anomaly.export import set_torch_threads
-
-    set_torch_threads(args.threads)
-    app = create_app(args.run_dir, runtime=args.runtime, max_upload_bytes=int(args.max_upload_mb * 2**20),
-                     threads=args.threads)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
-
-
-def cmd_loadtest(args: argparse.Namespace) -> None:
-    import json
-
-    from anomaly.loadtest import run_loadtest
-
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per request
-    image = Path(args.image).read_bytes() if args.image else None
-    result = run_loadtest(args.url, n_requests=args.requests, concurrency=args.concurrency, image=image,
-                          timeout_s=args.timeout_s)
-    print(json.dumps(result, indent=2))
-
-
-def cmd_export(args: argparse.Namespace) -> None:
-    import json
-
-    from anomaly.export import export_run
-
-    parity = export_run(args.run_dir, out=args.out)
-    print(json.dumps(parity, indent=2))
-
-
-def cmd_latency(args: argparse.Namespace) -> None:
-    from anomaly.loadtest import latency_markdown, measure_latency
-
-    print(latency_markdown(measure_latency(args.run_dir, image_size=args.image_size, repeats=args.repeats,
-                                           threads=args.threads)))

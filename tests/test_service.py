@@ -16,11 +16,11 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from anomaly.cli import main
+from anomaly.cli import build_parser, main
 from anomaly.data import read_image
 from anomaly.loadtest import check_loopback, run_loadtest, time_calls
 from anomaly.pipeline import fit_run, load_run
-from anomaly.service import ImageDecodeError, create_app, decode_image
+from anomaly.service import DEFAULT_MAX_UPLOAD_BYTES, RUNTIMES, ImageDecodeError, create_app, decode_image
 
 CATEGORY = "screw_like"
 LIVE_LIMIT = 200_000  # bytes, for the real server
@@ -263,3 +263,10 @@ def test_time_calls_takes_turns_in_blocks():
     assert all((wall >= 0).all() and (cpu >= 0).all() for wall, cpu in timings.values())
     # 3 rounds of blocks of 3, 2, 2 timed calls, each block after one untimed call; the runtimes alternate
     assert "".join(order) == "aaaa" "bbbb" "aaa" "bbb" "aaa" "bbb"
+
+
+def test_serve_command_offers_what_the_service_accepts():
+    for runtime in RUNTIMES:
+        args = build_parser().parse_args(["serve", "--run-dir", "r", "--runtime", runtime])
+        assert args.runtime == runtime
+    assert int(args.max_upload_mb * 2**20) == DEFAULT_MAX_UPLOAD_BYTES
