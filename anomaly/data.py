@@ -197,13 +197,20 @@ def _check_pixels(source: Path | bytes, img: Image.Image, max_pixels: int = MAX_
 
 
 def _reduced(img: Image.Image, image_size: int | None) -> Image.Image:
-    """``img`` box-reduced by an integer factor on each axis longer than ``REDUCE_MARGIN * image_size``."""
+    """``img`` box-reduced by an integer factor on each axis longer than ``REDUCE_MARGIN * image_size``.
+
+    L, RGB, I, F and 16-bit images are reduced as they are; other modes (palette, alpha, CMYK) are
+    converted to L or RGB first, since palette indices and premultiplied alpha do not average.
+    """
     factors = _reduce_factors(img.size, image_size)
     if max(factors) == 1:
         return img
     img.draft(img.mode, (img.width // factors[0], img.height // factors[1]))  # JPEG: cheap DCT scaling
-    img = _plain_mode(img)
+    img.load()
     factors = _reduce_factors(img.size, image_size)
+    if img.mode.startswith("I;16"):  # Image.reduce has no 16-bit kernel; a box resize is the same average
+        return img.resize(tuple(-(-side // f) for side, f in zip(img.size, factors)), Image.Resampling.BOX)
+    img = _plain_mode(img)
     return img.reduce(factors) if max(factors) > 1 else img
 
 

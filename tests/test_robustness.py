@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -129,14 +130,21 @@ def test_huge_images_decode_in_bounded_memory(tmp_path, size, answer):
     assert float(out[1]) <= 300, f"peak RSS grew by {out[1]} MiB"
 
 
-def test_pil_reduction_of_large_images_matches_a_direct_resize():
+@pytest.mark.parametrize("kind", ["L", "I;16", "RGBA", "P", "JPEG"])
+def test_pil_reduction_of_large_images_matches_a_direct_resize(kind):
     """Above REDUCE_MARGIN x S, the PIL box reduction is a cheap first step, not a different picture."""
     y, x = np.mgrid[0:1100, 0:2100]
-    smooth = (127 + 100 * np.sin(x / 97.0) * np.cos(y / 61.0)).astype(np.uint8)  # (1100, 2100)
-    image = decode_image(encode(smooth), 64)  # factors (4, 2): reduced in PIL first
-    direct = D.to_image_tensor(smooth.astype(np.float32) / 255.0, 64)
-    assert image.shape == (3, 64, 64)
-    assert float((image - direct).abs().max()) < 0.02
+    smooth = 127 + 100 * np.sin(x / 97.0) * np.cos(y / 61.0)  # (1100, 2100)
+    gray = smooth.astype(np.uint8)
+    image = {"L": Image.fromarray(gray), "I;16": Image.fromarray((smooth * 257).astype(np.uint16)),
+             "RGBA": Image.fromarray(np.dstack([gray, gray, gray, np.full_like(gray, 9)])),
+             "P": Image.fromarray(gray).convert("P"), "JPEG": Image.fromarray(gray)}[kind]
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG" if kind == "JPEG" else "PNG")
+    reduced = decode_image(buffer.getvalue(), 64)  # factors (4, 2): reduced in PIL first
+    direct = D.to_image_tensor(D.image_array(Image.open(io.BytesIO(buffer.getvalue()))), 64)
+    assert reduced.shape == (3, 64, 64)
+    assert float((reduced - direct).abs().max()) < 0.01
 
 
 def test_tall_upload_gets_413_and_the_server_stays_up(client):
@@ -144,6 +152,46 @@ def test_tall_upload_gets_413_and_the_server_stays_up(client):
     response = client.post("/predict", files={"file": ("tall.png", tall, "image/png")})
     assert response.status_code == 413 and "100:1" in response.json()["detail"]
     assert client.get("/health").status_code == 200
+
+
+def _peak_rss_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads the server's peak RSS from /proc")
+def test_real_server_peak_rss_under_huge_uploads(pc_run, tmp_path):
+    """`anomaly serve` answers the issue's tall PNG and an 8000 x 8000 PNG with its peak RSS growing <= 300 MB."""
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "anomaly", "serve", "--run-dir", str(pc_run), "--port", str(port)],
+                              env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    uploads = {}
+    for name, size in (("tall.png", (1, 16_000_000)), ("square.png", (8000, 8000))):
+        Image.new("L", size).save(tmp_path / name)
+        uploads[name] = (tmp_path / name).read_bytes()
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as http:
+            for _ in range(600):
+                try:
+                    http.post("/predict", files={"file": ("warm.png", encode(np.zeros((64, 64), np.uint8)))})
+                    break
+                except httpx.TransportError:
+                    time.sleep(0.1)
+            before = _peak_rss_mib(server.pid)
+            codes = {name: http.post("/predict", files={"file": (name, data)}).status_code
+                     for name, data in uploads.items()}
+            growth = _peak_rss_mib(server.pid) - before
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    assert codes == {"tall.png": 413, "square.png": 200}
+    assert growth <= 300, f"peak RSS grew by {growth:.0f} MiB"
+    print(f"server peak RSS {before:.0f} MiB -> +{growth:.0f} MiB after {codes}")
 
 
 # -- 2. every PIL error is a 4xx / exit 2 ------------------------------------------------------------
@@ -196,7 +244,7 @@ def test_bad_images_in_predict_and_fit_exit_2(pc_run, tiny_mvtec, tmp_path, caps
 
 # -- 3. atomic run folders, stale metrics, --resume ---------------------------------------------------
 _KILL_FIT = ["-m", "anomaly", "fit", "--method", "autoencoder", "--category", CATEGORY, "--device", "cpu",
-             "--image-size", "32", "--epochs", "10", "--set", "base_channels=4", "--set", "latent_dim=8"]
+             "--image-size", "32", "--epochs", "3", "--set", "base_channels=4", "--set", "latent_dim=8"]
 
 
 def _fit_and_signal(data: Path, run_dir: Path, sig: int, wait_for: str | None) -> None:
