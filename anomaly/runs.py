@@ -71,7 +71,7 @@ def staged_run_dir(run_dir: str | Path) -> Iterator[Path]:
     Raises:
         RunFolderError: ``run_dir`` exists and holds files but is not a run folder (it is never replaced).
     """
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir).resolve()
     check_replaceable(run_dir)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.tmp-", dir=run_dir.parent))
@@ -85,7 +85,10 @@ def staged_run_dir(run_dir: str | Path) -> Iterator[Path]:
 
 
 def check_replaceable(run_dir: Path) -> None:
-    """Refuse to replace a non-empty folder that is not a run folder (``--run-dir ~/Documents``)."""
+    """Refuse to replace a non-empty folder that is not a run folder (``--run-dir ~/Documents``), or the
+    current directory or one above it."""
+    if run_dir.resolve() in (Path.cwd(), *Path.cwd().parents):
+        raise RunFolderError(f"run folder {run_dir} is the current directory or contains it; choose another --run-dir")
     if run_dir.exists() and not run_dir.is_dir():
         raise RunFolderError(f"run folder {run_dir} exists and is not a folder")
     if run_dir.is_dir() and any(run_dir.iterdir()):

@@ -132,7 +132,7 @@ def allowed_hosts(bind_host: str, extra: Sequence[str] = ()) -> list[str]:
     if bind_host in _WILDCARD_BINDS and not extra:
         logger.warning("listening on all interfaces, but only Host: %s is answered; name this machine's host "
                        "names with --allowed-hosts", " or ".join(LOOPBACK_HOSTS))
-    named = [] if bind_host in _WILDCARD_BINDS else [bind_host]
+    named = [] if bind_host in _WILDCARD_BINDS else [f"[{bind_host}]" if ":" in bind_host else bind_host]  # IPv6
     return list(dict.fromkeys([*LOOPBACK_HOSTS, *named, *extra]))
 
 

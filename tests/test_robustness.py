@@ -291,12 +291,18 @@ def test_staging_failure_at_each_step_leaves_the_previous_run(synthetic_root, tm
         assert tree_digest(run_dir) == before and not list(tmp_path.glob(".run.tmp-*"))
 
 
-def test_fit_refuses_to_replace_a_folder_that_is_not_a_run(tmp_path):
+def test_fit_refuses_to_replace_a_folder_that_is_not_a_run(tmp_path, monkeypatch):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(RunFolderError, match="not a run folder"):
         with staged_run_dir(tmp_path):
             pass
     assert (tmp_path / "notes.txt").read_text() == "mine"
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    for here in (".", ".."):
+        with pytest.raises(RunFolderError, match="current directory"):
+            with staged_run_dir(here):
+                pass
 
 
 def test_refit_drops_stale_metrics_and_resume_refits(synthetic_root, tmp_path, monkeypatch):
@@ -485,3 +491,4 @@ def test_serve_allows_the_bound_host_and_named_hosts():
     assert allowed_hosts("127.0.0.1") == ["127.0.0.1", "localhost"]
     assert allowed_hosts("192.168.1.5") == ["127.0.0.1", "localhost", "192.168.1.5"]
     assert allowed_hosts("0.0.0.0", ["station.lan"]) == ["127.0.0.1", "localhost", "station.lan"]
+    assert allowed_hosts("::1") == ["127.0.0.1", "localhost", "[::1]"]  # as Host headers write IPv6 literals
