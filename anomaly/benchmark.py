@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from anomaly.models import METHODS
+from anomaly.runs import is_evaluated
 from anomaly.utils import read_json, write_json
 
 logger = logging.getLogger(__name__)
@@ -56,7 +57,8 @@ def run_benchmark(data: str | Path, categories: Sequence[str], methods: Sequence
         seed: seeds the validation split and the detectors.
         params: per-method overrides as ``{"METHOD.KEY": value}``.
         isolate: run each pair in a fresh (spawned) process for a per-run peak RSS.
-        resume: reuse a pair whose run folder already holds ``metrics.json`` instead of refitting it.
+        resume: reuse a pair whose run folder is complete and holds a ``metrics.json`` of its own model
+            (:func:`anomaly.runs.is_evaluated`) instead of refitting it.
     """
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
@@ -81,7 +83,7 @@ def _run_one(job: tuple, isolate: bool, resume: bool) -> dict[str, Any]:
     category, method, run_dir = job[1], job[2], Path(job[3])
     load_before = os.getloadavg()[0]
     logger.info("benchmark: %s / %s -> %s (load %.1f)", category, method, run_dir, load_before)
-    if resume and (run_dir / "metrics.json").is_file():
+    if resume and is_evaluated(run_dir):
         logger.info("benchmark: reusing %s (--resume)", run_dir)
     elif isolate:
         process = multiprocessing.get_context("spawn").Process(target=_fit_and_evaluate, args=job)

@@ -7,11 +7,14 @@ service, export and loadtest modules, imported only by the commands that use the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from anomaly.models import METHODS
 
@@ -30,6 +33,25 @@ def _parse_set(items: Sequence[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             params[key.replace("-", "_")] = value
     return params
+
+
+def _checked(cast: Callable[[str], Any], ok: Callable[[Any], bool], expected: str) -> Callable[[str], Any]:
+    """An argparse ``type``: ``cast(text)``, refused with "expected ..." unless ``ok(value)``."""
+    def parse(text: str) -> Any:
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
+
+
+_positive_int = _checked(int, lambda v: v >= 1, "an integer >= 1")
+_port = _checked(int, lambda v: 1 <= v <= 65535, "a port number from 1 to 65535")
+_positive_float = _checked(float, lambda v: 0 < v < float("inf"), "a number > 0")
 
 
 def _model_params(args: argparse.Namespace) -> dict[str, Any]:
@@ -115,16 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="dataset root in MVTec AD layout")
     p.add_argument("--category", required=True)
     p.add_argument("--run-dir", required=True)
-    p.add_argument("--image-size", type=int)
-    p.add_argument("--epochs", type=int, help="autoencoder only")
+    p.add_argument("--image-size", type=_positive_int)
+    p.add_argument("--epochs", type=_positive_int, help="autoencoder only")
     p.add_argument("--backbone", help="padim/patchcore: efficientnet_lite0|lite1|lite2 or a timm name")
     p.add_argument("--weights", help="padim/patchcore: local state_dict for --backbone (never downloaded)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any detector parameter")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of train/good held out for the threshold")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=_positive_int, default=8)
     p.add_argument("--threshold-method", default="quantile", choices=("quantile", "mean_std"))
-    p.add_argument("--max-train", type=int, help="use at most N training images (data-efficiency studies)")
+    p.add_argument("--max-train", type=_positive_int, help="use at most N training images (data-efficiency studies)")
     _add_common(p)
     p.set_defaults(func=cmd_fit)
 
@@ -149,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
                    help="override a detector parameter for one method, e.g. autoencoder.epochs=20")
-    p.add_argument("--resume", action="store_true", help="reuse pairs whose run folder already has metrics.json")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse pairs whose run folder is complete and has metrics.json of its own model")
     _add_common(p)
     p.set_defaults(func=cmd_benchmark)
 
@@ -173,18 +196,21 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve a trained run over HTTP (FastAPI + uvicorn)")
     p.add_argument("--run-dir", required=True, help="run folder written by `anomaly fit`")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=_port, default=8000)
+    p.add_argument("--allowed-hosts", default="",
+                   help="comma-separated extra host names clients may use in the Host header (DNS-rebinding "
+                        "guard; always allowed: 127.0.0.1, localhost and --host); '*' allows any")
     p.add_argument("--runtime", default="torch", choices=("torch", "onnx"),
                    help="onnx: RUN_DIR/model.onnx in onnxruntime (exported first if missing)")
-    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body; larger uploads get 413")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--max-upload-mb", type=_positive_float, default=20.0, help="largest request body; larger uploads get 413")
+    p.add_argument("--threads", type=_positive_int, default=1,
                    help="torch / onnxruntime intra-op threads per request (concurrent requests use the other cores)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("loadtest", help="load-test a running service on this machine (loopback only)")
     p.add_argument("--url", default="http://127.0.0.1:8000")
-    p.add_argument("--requests", type=int, default=200)
-    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--requests", type=_positive_int, default=200)
+    p.add_argument("--concurrency", type=_positive_int, default=8)
     p.add_argument("--image", help="image file to send (default: a generated 256 px image)")
     p.add_argument("--timeout-s", type=float, default=300.0, help="stop after this many seconds")
     p.set_defaults(func=cmd_loadtest)
@@ -197,9 +223,9 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("latency", help="per-image latency, PyTorch vs onnxruntime, batch 1 and 8")
     p.add_argument("--run-dir", required=True)
-    p.add_argument("--image-size", type=int, help="input side in px (default: the run's image size)")
-    p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--threads", type=int, help="intra-op threads for both runtimes (default: all cores)")
+    p.add_argument("--image-size", type=_positive_int, help="input side in px (default: the run's image size)")
+    p.add_argument("--repeats", type=_positive_int, default=20)
+    p.add_argument("--threads", type=_positive_int, help="intra-op threads for both runtimes (default: all cores)")
     p.set_defaults(func=cmd_latency)
 
 
@@ -207,11 +233,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from anomaly.export import set_torch_threads
-    from anomaly.service import create_app
+    from anomaly.service import allowed_hosts, create_app
 
     set_torch_threads(args.threads)
+    hosts = allowed_hosts(args.host, [h.strip() for h in args.allowed_hosts.split(",") if h.strip()])
     app = create_app(args.run_dir, runtime=args.runtime, max_upload_bytes=int(args.max_upload_mb * 2**20),
-                     threads=args.threads)
+                     threads=args.threads, allowed_hosts=hosts)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
 
 
@@ -244,7 +271,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        args.func(args)
+        with _sigterm_as_interrupt():
+            args.func(args)
     except (ValueError, FileNotFoundError, OSError) as err:
         parser.exit(2, f"anomaly {args.command}: error: {err}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, f"anomaly {args.command}: interrupted\n")
     return 0
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt (as Ctrl-C does), so an interrupted fit removes its staging folder."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

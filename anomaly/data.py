@@ -13,14 +13,25 @@ converted to 3-channel float in [0, 1]. Files with other extensions and hidden f
 other folders and loose files in the category folder are ignored. Every problem in the data raises
 ``DataError`` with the offending path in its message.
 
+Every image -- a training file, a file given to ``predict`` or an HTTP upload -- goes through one
+defensive decoder, :func:`decode_image`: anything PIL raises becomes :class:`ImageDecodeError`;
+images over ``MAX_PIXELS`` pixels or longer than ``MAX_ASPECT`` : 1 are refused from their header,
+before any pixel is decoded; an axis more than ``REDUCE_MARGIN`` times the model's input side is
+box-reduced in PIL (JPEG: decoded at a reduced DCT scale) before any float array exists, so the
+float memory of a decode is bounded by the input size, not by the image's; and at most
+``MAX_HEAVY_DECODES`` images over ``HEAVY_PIXELS`` are decoded at once per process.
+
 The validation split is a seeded carve of ``train/good`` (plus ``validation/good`` if present): it
 is what thresholds and normalisation are fitted on, so it never contains test images.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,10 +48,24 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 SPLITS = ("train", "validation", "test")
 _KNOWN_FOLDERS = {"train", "validation", "test", "ground_truth"}
 _MASK_SUFFIX = "_mask"
+MAX_PIXELS = 64 * 2**20  # width x height; larger images are refused (decompression-bomb guard)
+MAX_ASPECT = 100  # longer side / shorter side; longer strips are refused
+REDUCE_MARGIN = 8  # an axis over 8x the model's input side is box-reduced in PIL first (never MVTec's <= 1024 px)
+HEAVY_PIXELS = 4 * 2**20  # decodes of larger images share MAX_HEAVY_DECODES slots per process
+MAX_HEAVY_DECODES = 2
+_HEAVY_SLOTS = threading.BoundedSemaphore(MAX_HEAVY_DECODES)
 
 
 class DataError(ValueError):
     """A problem with the data on disk; the message names the offending path."""
+
+
+class ImageDecodeError(DataError):
+    """An image that cannot be used; ``status_code`` is its HTTP answer (413 too large, 415 not an image, 422)."""
+
+    def __init__(self, message: str, status_code: int = 422) -> None:
+        super().__init__(message)
+        self.status_code = status_code
 
 
 @dataclass(frozen=True)
@@ -127,9 +152,72 @@ def read_image(path: str | Path, image_size: int | None = None) -> torch.Tensor:
     """Read an image file as float32 (3, H, W) in [0, 1], or (3, S, S) when ``image_size`` is given.
 
     Grayscale becomes 3 identical channels, alpha is dropped, 16-bit images are scaled by 65535.
-    Resizing is bilinear with antialiasing.
+    Resizing is bilinear with antialiasing (see :func:`decode_image` for the caps).
     """
-    return to_image_tensor(_decode(Path(path)), image_size)
+    return decode_image(Path(path), image_size)
+
+
+def decode_image(source: bytes | Path, image_size: int | None = None, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+    """The one defensive decoder: an image file or encoded bytes -> float32 in [0, 1].
+
+    Args:
+        source: a file path, or the encoded image (any format PIL reads).
+        image_size: when given, the output side S (bilinear antialiased resize, after a cheap PIL
+            box reduction of any axis longer than ``REDUCE_MARGIN * S``).
+        max_pixels: largest width x height accepted.
+
+    Returns:
+        (3, S, S), or (3, H, W) without ``image_size``; grayscale -> 3 equal channels.
+
+    Raises:
+        ImageDecodeError: empty (422), not an image (415), over ``max_pixels`` or ``MAX_ASPECT`` (413),
+            corrupt or truncated (422); the message names the file when ``source`` is a path.
+    """
+    if isinstance(source, bytes) and not source:
+        raise ImageDecodeError("the upload is empty", 422)
+    with _open(source) as img:
+        _check_pixels(source, img, max_pixels)
+        slot = _HEAVY_SLOTS if img.width * img.height > HEAVY_PIXELS else contextlib.nullcontext()
+        try:
+            with slot:
+                array = image_array(_reduced(img, image_size))  # (H', W') or (H', W', 3)
+        except Exception as err:  # PIL raises many types on crafted data: OSError, SyntaxError, struct.error, ...
+            raise ImageDecodeError(f"cannot decode {_label(source)}: corrupt or truncated image data ({err})", 422) from None
+    return to_image_tensor(array, image_size)
+
+
+def _check_pixels(source: Path | bytes, img: Image.Image, max_pixels: int = MAX_PIXELS) -> None:
+    """From the header: 413 ImageDecodeError over ``max_pixels`` pixels or longer than ``MAX_ASPECT``:1."""
+    width, height = img.size
+    if width * height > max_pixels:
+        raise ImageDecodeError(f"{_label(source)} of {width}x{height} px exceeds the limit of {max_pixels} pixels",
+                               413)
+    if max(width, height) > MAX_ASPECT * max(min(width, height), 1):
+        raise ImageDecodeError(f"{_label(source)} of {width}x{height} px is longer than {MAX_ASPECT}:1", 413)
+
+
+def _reduced(img: Image.Image, image_size: int | None) -> Image.Image:
+    """``img`` box-reduced by an integer factor on each axis longer than ``REDUCE_MARGIN * image_size``.
+
+    L, RGB, I, F and 16-bit images are reduced as they are; other modes (palette, alpha, CMYK) are
+    converted to L or RGB first, since palette indices and premultiplied alpha do not average.
+    """
+    factors = _reduce_factors(img.size, image_size)
+    if max(factors) == 1:
+        return img
+    img.draft(img.mode, (img.width // factors[0], img.height // factors[1]))  # JPEG: cheap DCT scaling
+    img.load()
+    factors = _reduce_factors(img.size, image_size)
+    if img.mode.startswith("I;16"):  # Image.reduce has no 16-bit kernel; a box resize is the same average
+        return img.resize(tuple(-(-side // f) for side, f in zip(img.size, factors)), Image.Resampling.BOX)
+    img = _plain_mode(img)
+    return img.reduce(factors) if max(factors) > 1 else img
+
+
+def _reduce_factors(size: tuple[int, int], image_size: int | None) -> tuple[int, int]:
+    if image_size is None:
+        return (1, 1)
+    return tuple(max(1, side // (REDUCE_MARGIN * image_size)) for side in size)
 
 
 def to_image_tensor(array: np.ndarray, image_size: int | None = None) -> torch.Tensor:
@@ -149,16 +237,24 @@ def image_array(img: Image.Image) -> np.ndarray:
     16-bit modes are scaled by 65535, ``F`` is clipped, alpha is dropped, palette/CMYK become RGB.
     Raises what PIL raises on truncated or corrupt pixel data (OSError, ValueError, SyntaxError).
     """
-    img.load()
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):  # 16-bit (PNG 16-bit opens as I;16 or I)
+    img = _plain_mode(img)
+    if img.mode == "I":  # 16-bit (PNG 16-bit opens as I;16 or I)
         return np.clip(np.asarray(img, dtype=np.float32) / 65535.0, 0.0, 1.0)
     if img.mode == "F":
         return np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
-    if img.mode in ("1", "LA", "La"):
-        img = img.convert("L")
-    elif img.mode not in ("L", "RGB"):  # RGBA, P, CMYK, ...: alpha is dropped
-        img = img.convert("RGB")
     return np.asarray(img, dtype=np.float32) / 255.0
+
+
+def _plain_mode(img: Image.Image) -> Image.Image:
+    """``img`` decoded, as L, RGB, I (16- and 32-bit integers) or F: the modes ``Image.reduce`` handles."""
+    img.load()
+    if img.mode.startswith("I;16"):
+        return img.convert("I")
+    if img.mode in ("1", "LA", "La"):
+        return img.convert("L")
+    if img.mode not in ("L", "RGB", "I", "F"):  # RGBA, P, CMYK, ...: alpha is dropped
+        return img.convert("RGB")
+    return img
 
 
 def read_mask(path: str | Path | None, size: tuple[int, int]) -> torch.Tensor:
@@ -285,35 +381,41 @@ def _check_readable(cat_dir: Path, samples: list[Sample]) -> None:
     colour = set()
     for s in samples:
         with _open(s.image_path) as img:
+            _check_pixels(s.image_path, img)
             colour.add(img.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LAB", "HSV"))
         if s.mask_path is not None:
-            _open(s.mask_path).close()
+            with _open(s.mask_path) as mask:
+                _check_pixels(s.mask_path, mask)
     if len(colour) > 1:
         logger.warning("%s mixes grayscale and colour images; all are read as 3-channel", cat_dir)
 
 
-def _open(path: Path) -> Image.Image:
-    """Open an image lazily (header only); DataError names the path when it is missing or not an image."""
+def _open(source: Path | bytes) -> Image.Image:
+    """Open an image lazily (header only); ImageDecodeError names the path when it is missing or not an image."""
+    label = _label(source)
     try:
-        return Image.open(path)
+        return Image.open(source if isinstance(source, Path) else io.BytesIO(source))
     except FileNotFoundError:
-        raise DataError(f"image file {path} does not exist") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise DataError(f"cannot read image file {path}: {err}") from None
+        raise ImageDecodeError(f"{label} does not exist", 422) from None
+    except UnidentifiedImageError:
+        raise ImageDecodeError(f"cannot read {label}: not an image in a format this reads "
+                               f"(PNG, JPEG, TIFF, BMP, ...)", 415) from None
+    except Image.DecompressionBombError as err:
+        raise ImageDecodeError(f"cannot read {label}: {err}", 413) from None
+    except Exception as err:  # a crafted header: OSError, SyntaxError, struct.error, ...
+        raise ImageDecodeError(f"cannot read {label}: {err}", 422) from None
+
+
+def _label(source: Path | bytes) -> str:
+    return f"image file {source}" if isinstance(source, Path) else "image"
 
 
 def _load(path: Path) -> Image.Image:
-    """Open and decode an image; DataError names the path when its pixel data is truncated or corrupt."""
+    """Open and decode an image; ImageDecodeError names the path when its pixel data is truncated or corrupt."""
     img = _open(path)
     try:
         img.load()
-    except (OSError, SyntaxError, ValueError) as err:
+    except Exception as err:  # OSError, SyntaxError, ValueError, struct.error, ... on crafted data
         img.close()
-        raise DataError(f"cannot decode image file {path}: {err}") from None
+        raise ImageDecodeError(f"cannot decode image file {path}: {err}", 422) from None
     return img
-
-
-def _decode(path: Path) -> np.ndarray:
-    """Pixels as float32 in [0, 1]: (H, W) for single-channel images, (H, W, 3) otherwise."""
-    with _load(path) as img:
-        return image_array(img)

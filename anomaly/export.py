@@ -119,6 +119,7 @@ def export_onnx(detector: Detector, out: str | Path, opset: int = OPSET) -> Path
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.partial")
     size = int(detector.config.image_size)
     example = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     axes = {name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)}
@@ -128,9 +129,10 @@ def export_onnx(detector: Detector, out: str | Path, opset: int = OPSET) -> Path
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx\..*")
         warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*(legacy TorchScript|will be removed)")
-        torch.onnx.export(export_graph(detector), (example,), str(out), dynamo=False, opset_version=opset,
+        torch.onnx.export(export_graph(detector), (example,), str(partial), dynamo=False, opset_version=opset,
                           input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES), dynamic_axes=axes)
-    onnx.checker.check_model(str(out))
+    onnx.checker.check_model(str(partial))
+    os.replace(partial, out)  # an interrupted export never leaves half a graph at ``out``
     logger.info("exported %s to %s (%.1f MB, %.1f s)", detector.name, out, out.stat().st_size / 2**20,
                 time.perf_counter() - start)
     return out
@@ -206,7 +208,8 @@ def export_run(run_dir: Any, out: str | Path | None = None, opset: int = OPSET, 
         out: the ONNX file (default ``RUN_DIR/model.onnx``).
 
     Returns:
-        the parity record: onnx path, opset, max abs/rel differences of scores and maps.
+        the parity record: onnx path, opset, max abs/rel differences of scores and maps, and the
+        ``model_sha256`` of the model exported (what ties ``model.onnx`` to ``model.pt``).
     """
     from anomaly.pipeline import Run, load_run
     from anomaly.utils import write_json
@@ -215,7 +218,7 @@ def export_run(run_dir: Any, out: str | Path | None = None, opset: int = OPSET, 
     path = export_onnx(run.detector, Path(out) if out else run.run_dir / ONNX_FILE, opset=opset)
     scorer = OnnxScorer(path, run.image_size)
     record = {"onnx": str(path), "method": run.detector.name, "opset": opset, "image_size": run.image_size,
-              **check_parity(run.detector, scorer, parity_images(run, n_parity))}
+              "model_sha256": run.model_sha256, **check_parity(run.detector, scorer, parity_images(run, n_parity))}
     write_json(run.run_dir / PARITY_FILE, record)
     logger.info("onnx parity: max |diff| scores %.2e, maps %.2e", record["max_abs_diff_scores"],
                 record["max_abs_diff_maps"])
@@ -223,10 +226,15 @@ def export_run(run_dir: Any, out: str | Path | None = None, opset: int = OPSET, 
 
 
 def load_onnx_scorer(run: Any, threads: int | None = None) -> OnnxScorer:
-    """An :class:`OnnxScorer` for a loaded run; exports ``RUN_DIR/model.onnx`` first if it is missing or stale."""
-    path = run.run_dir / ONNX_FILE
-    state = run.run_dir / "model.pt"
-    if not path.is_file() or (state.is_file() and path.stat().st_mtime < state.stat().st_mtime):
-        logger.info("no up-to-date %s: exporting it now", path)
+    """An :class:`OnnxScorer` for a loaded run; exports ``RUN_DIR/model.onnx`` first if it is missing or stale.
+
+    Stale: ``onnx_parity.json`` (written after the graph) is about another file or another ``model.pt``.
+    """
+    from anomaly.runs import is_current, read_dict
+
+    path, parity = run.run_dir / ONNX_FILE, run.run_dir / PARITY_FILE
+    record = read_dict(parity) if parity.is_file() else {}
+    if not path.is_file() or record.get("onnx") != str(path) or not is_current(record, run.model_sha256):
+        logger.info("no %s exported from this run's model.pt: exporting it now", path)
         export_run(run)
     return OnnxScorer(path, run.image_size, threads=threads)

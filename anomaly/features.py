@@ -121,12 +121,21 @@ def create_backbone(backbone: str = DEFAULT_BACKBONE, weights: str | Path | None
         path = Path(weights)
         if not path.is_file():
             raise FileNotFoundError(f"backbone weights {path} not found")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # not a torch file: pickle, zip and runtime errors alike
+            raise ValueError(f"backbone weights {path} are not a PyTorch state_dict file (torch.load fails)") from None
+        if not isinstance(state, dict) or not state:
+            raise ValueError(f"backbone weights {path} hold a {type(state).__name__}, not a state_dict")
         state = state.get("state_dict", state)
-        if backbone in LITE_PACKAGES and next(iter(state)).startswith("_"):
-            load_lite_state_dict(model, state)
-        else:
-            model.load_state_dict(state, strict=True)
+        try:
+            if backbone in LITE_PACKAGES and next(iter(state)).startswith("_"):
+                load_lite_state_dict(model, state)
+            else:
+                model.load_state_dict(state, strict=True)
+        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as err:
+            detail = " ".join(str(err).split())[:300]
+            raise ValueError(f"backbone weights {path} do not fit {backbone}: {detail}") from None
     else:
         path = lite_weights_path(backbone)
         load_lite_state_dict(model, torch.load(path, map_location="cpu", weights_only=True))

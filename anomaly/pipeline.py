@@ -7,8 +7,13 @@ A run folder holds everything a run produced::
     model.pt         detector state, tensors only      (Detector.save)
     fit.json         fit_seconds, training history (autoencoder loss per epoch)
     threshold.json   decision threshold fitted on validation *good* images only
-    metrics.json     test metrics                      (evaluate_run)
+    complete.json    completeness marker: the files + SHA-256 of model.pt (written last)
+    metrics.json     test metrics + model_sha256       (evaluate_run)
     predictions.npz  test scores, labels, maps, masks  (evaluate_run)
+
+A fit writes a hidden sibling folder and swaps it into place when complete (:mod:`anomaly.runs`),
+so an interrupted re-fit leaves the previous run as it was, and a re-fit never keeps the previous
+run's ``metrics.json``. :func:`load_run` checks the marker and every file it reads.
 
 The decision threshold and any normalisation come from a validation split carved out of
 ``train/good``; the test set is only ever used to measure.
@@ -31,6 +36,7 @@ from tqdm.auto import tqdm
 from anomaly import data as D
 from anomaly import metrics as M
 from anomaly.models import Detector, Prediction, create_detector
+from anomaly.runs import atomic_run_dir, check_run_dir, read_config, read_dict, read_metrics, read_threshold
 from anomaly.thresholds import fit_threshold, scores_at_threshold
 from anomaly.utils import read_json, resolve_device, seed_everything, write_json
 
@@ -48,6 +54,7 @@ class Run:
     config: dict[str, Any]
     threshold: float
     metrics: dict[str, Any] | None
+    model_sha256: str = ""  # fingerprint of model.pt from complete.json
 
     @property
     def image_size(self) -> int:
@@ -90,11 +97,15 @@ def predict_loader(detector: Detector, loader: DataLoader, desc: str = "predict"
             "ms_per_image": 1000.0 * seconds / max(n, 1)}
 
 
+@atomic_run_dir
 def fit_run(data: str | Path, category: str, method: str, run_dir: str | Path,
             params: dict[str, Any] | None = None, device: str = "auto", seed: int = 0,
             val_fraction: float = 0.1, batch_size: int = 8, threshold_method: str = "quantile",
             threshold_q: float = 0.99, threshold_k: float = 3.0, max_train: int | None = None) -> Path:
     """Fit ``method`` on ``train/good`` of ``data/category`` and write a run folder.
+
+    The folder is written beside ``run_dir`` and swapped in, marked complete, only when the fit has
+    succeeded; until then a previous run in ``run_dir`` stays untouched.
 
     Args:
         max_train: keep only the first ``max_train`` training images (seeded shuffle) — for
@@ -114,6 +125,7 @@ def fit_run(data: str | Path, category: str, method: str, run_dir: str | Path,
     detector = create_detector(method, params, device=dev)  # validates params before any work
     splits = D.load_splits(data, category, val_fraction=val_fraction, seed=seed)
     train = _subsample(splits.train, max_train, seed)
+    check_split_sizes(train, splits.validation, val_fraction)
     run_dir.mkdir(parents=True, exist_ok=True)
     config = {"data": str(Path(data).resolve()), "category": category, "method": method, "params": params,
               "device": str(dev), "seed": seed, "val_fraction": val_fraction, "batch_size": batch_size,
@@ -144,14 +156,15 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", data: str | Path | N
     splits = D.load_splits(data or cfg["data"], cfg["category"], val_fraction=cfg["val_fraction"], seed=cfg["seed"])
     out = predict_loader(run.detector, make_loader(splits.test, run.image_size, cfg["batch_size"]), desc="test")
     metrics = compute_metrics(out, splits.test, run.threshold)
-    fit_info = read_json(Path(run_dir) / "fit.json")
+    fit_info = read_dict(Path(run_dir) / "fit.json", ("fit_seconds",))
     metrics.update({"method": cfg["method"], "category": cfg["category"], "fit_seconds": fit_info["fit_seconds"],
-                    "predict_ms_per_image": out["ms_per_image"], "peak_rss_mib": peak_rss_mib()})
-    write_json(Path(run_dir) / "metrics.json", metrics)
+                    "predict_ms_per_image": out["ms_per_image"], "peak_rss_mib": peak_rss_mib(),
+                    "model_sha256": run.model_sha256})
     np.savez_compressed(Path(run_dir) / "predictions.npz", image_scores=out["image_scores"],
                         labels=out["labels"], anomaly_maps=out["anomaly_maps"], gt_masks=out["gt_masks"],
                         defect_types=np.array([s.defect_type for s in splits.test]),
                         image_paths=np.array([str(s.image_path) for s in splits.test]))
+    write_json(Path(run_dir) / "metrics.json", metrics)  # last: it marks the run as evaluated
     return metrics
 
 
@@ -177,16 +190,18 @@ def compute_metrics(out: dict[str, np.ndarray], samples: Sequence[D.Sample], thr
 
 
 def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
-    """Load a run folder written by :func:`fit_run`."""
+    """Load a run folder written by :func:`fit_run`, checking every file it reads.
+
+    Raises:
+        FileNotFoundError: no such folder.
+        anomaly.runs.RunFolderError: an incomplete or stale folder, or a malformed file (named).
+    """
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"run folder {run_dir} does not exist")
-    config = read_json(run_dir / "config.json")
+    marker = check_run_dir(run_dir)
     detector = Detector.load(run_dir, device=resolve_device(device))
-    threshold = float(read_json(run_dir / "threshold.json")["threshold"])
-    metrics_path = run_dir / "metrics.json"
-    metrics = read_json(metrics_path) if metrics_path.is_file() else None
-    return Run(run_dir, detector, config, threshold, metrics)
+    config = read_config(run_dir, detector.name)
+    metrics = read_metrics(run_dir, marker)
+    return Run(run_dir, detector, config, read_threshold(run_dir), metrics, marker["model_sha256"])
 
 
 def predict_paths(run: Run, paths: Sequence[str | Path], heatmap_dir: str | Path | None = None) -> list[dict]:
@@ -216,6 +231,17 @@ def display_range(run: Run) -> dict[str, float]:
 def peak_rss_mib() -> float:
     """Peak resident memory of this process so far, in MiB (Linux ru_maxrss is KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def check_split_sizes(train: Sequence[D.Sample], validation: Sequence[D.Sample], val_fraction: float) -> None:
+    """Refuse, before the fit, splits that leave nothing to fit on or nothing to set the threshold on."""
+    if not validation:
+        raise ValueError(f"the validation split is empty (--val-fraction {val_fraction} of {len(train)} train/good "
+                         f"image(s), no validation/good folder): the threshold needs good validation images; "
+                         f"use --val-fraction > 0 with at least 2 train/good images")
+    if not train:
+        raise ValueError(f"no training image is left after carving {len(validation)} validation image(s); "
+                         f"lower --val-fraction or add train/good images")
 
 
 def _map_quantiles(maps: np.ndarray) -> dict[str, float]:

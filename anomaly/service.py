@@ -3,12 +3,16 @@
 :func:`create_app` loads a run folder once (:func:`anomaly.pipeline.load_run`) and returns a
 FastAPI app with ``GET /health``, ``GET /model``, ``POST /predict`` (multipart field ``file``),
 ``POST /predict/batch`` (multipart field ``files``) and the OpenAPI docs at ``GET /docs``.
-Uploads are decoded from bytes (never from a filesystem path), resized to the model's input size
-as the evaluation pipeline does, and scored with PyTorch or with the exported ONNX graph run by
+Uploads are decoded from bytes (never from a filesystem path) by the data layer's defensive
+decoder (:func:`anomaly.data.decode_image`: pixel and aspect caps, cheap PIL reduction of huge
+images, a bound on concurrent heavy decodes), resized to the model's input size as the evaluation
+pipeline does, and scored with PyTorch or with the exported ONNX graph run by
 onnxruntime (``runtime="onnx"``). Scoring endpoints are plain ``def`` functions, so FastAPI runs
 them in its thread pool; the app keeps no mutable per-request state, so concurrent requests get
 independent results. Bad input gets a 4xx JSON answer with a clear ``detail``:
-oversize body 413, undecodable image 415, empty or corrupt image 422, missing field 422.
+oversize body 413, too many pixels or too long an image 413, undecodable image 415, empty or corrupt
+image 422, missing field 422; a request whose ``Host`` header is not an allowed host name gets 400
+(DNS-rebinding guard).
 """
 
 from __future__ import annotations
@@ -19,60 +23,24 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 import torch
 from fastapi import FastAPI, File, HTTPException, UploadFile
 from pydantic import BaseModel
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from anomaly.data import image_array, to_image_tensor
+from anomaly.data import ImageDecodeError, decode_image  # the one defensive decoder, shared with the data layer
 from anomaly.models import Prediction
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 2**20
 MAX_BATCH_FILES = 32
-MAX_PIXELS = 64 * 2**20  # decoded width x height; larger images get 413 (decompression-bomb guard)
 RUNTIMES = ("torch", "onnx")
-
-
-class ImageDecodeError(ValueError):
-    """An upload that is not a usable image; ``status_code`` is the HTTP answer (413, 415 or 422)."""
-
-    def __init__(self, message: str, status_code: int) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-
-
-def decode_image(data: bytes, image_size: int | None = None, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
-    """Decode image bytes the way :func:`anomaly.data.read_image` reads files.
-
-    Args:
-        data: the encoded image (any format PIL reads; grayscale, RGBA, palette and 16-bit included).
-        image_size: when given, bilinear antialiased resize to ``image_size`` x ``image_size``.
-
-    Returns:
-        (3, S, S) float32 in [0, 1] (or (3, H, W) without ``image_size``); grayscale -> 3 equal channels.
-
-    Raises:
-        ImageDecodeError: empty (422), not an image (415), too many pixels (413), corrupt (422).
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    if not data:
-        raise ImageDecodeError("the upload is empty", 422)
-    try:
-        image = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError as err:
-        raise ImageDecodeError("not an image in a format this server reads (PNG, JPEG, TIFF, BMP, ...)", 415) from err
-    if image.width * image.height > max_pixels:
-        raise ImageDecodeError(f"image of {image.width}x{image.height} px exceeds {max_pixels} pixels", 413)
-    try:
-        array = image_array(image)  # (H, W) or (H, W, 3) float32 in [0, 1]
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise ImageDecodeError(f"corrupt or truncated image data ({err})", 422) from err
-    return to_image_tensor(array, image_size)  # (3, S, S)
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
+_WILDCARD_BINDS = ("0.0.0.0", "::", "")
 
 
 class Scorer(Protocol):
@@ -108,7 +76,7 @@ class _Service:
 
 
 def create_app(run_dir: str | Path, runtime: str = "torch", max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-               threads: int = 1) -> FastAPI:
+               threads: int = 1, allowed_hosts: Sequence[str] = LOOPBACK_HOSTS) -> FastAPI:
     """Build the scoring app for the run in ``run_dir``.
 
     Args:
@@ -118,6 +86,8 @@ def create_app(run_dir: str | Path, runtime: str = "torch", max_upload_bytes: in
         max_upload_bytes: largest request body accepted; larger ones get 413.
         threads: onnxruntime intra-op threads per request. The default 1 lets concurrent requests
             (each on its own thread-pool thread) use the cores without oversubscribing them.
+        allowed_hosts: host names accepted in the ``Host`` header (``"*"`` for any); others get 400,
+            so a web page cannot reach the service through DNS rebinding. See :func:`allowed_hosts`.
 
     Returns:
         The FastAPI application (serve it with uvicorn).
@@ -130,6 +100,7 @@ def create_app(run_dir: str | Path, runtime: str = "torch", max_upload_bytes: in
     app = FastAPI(title="anomaly", version="0.1.0",
                   description=f"Anomaly scoring with a {service.info['method']} run on {service.info['category']!r}.")
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_upload_bytes)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts), www_redirect=False)  # outermost
 
     @app.get("/health")
     def health() -> dict[str, str]:
@@ -150,6 +121,19 @@ def create_app(run_dir: str | Path, runtime: str = "torch", max_upload_bytes: in
         return BatchResponse(results=_score_uploads(service, files))
 
     return app
+
+
+def allowed_hosts(bind_host: str, extra: Sequence[str] = ()) -> list[str]:
+    """Host names a service bound to ``bind_host`` answers to: loopback names, the bound host, ``extra``.
+
+    A wildcard bind (``0.0.0.0``) cannot know the names clients use: they must come in ``extra``
+    (``anomaly serve --allowed-hosts``), else only loopback requests are answered.
+    """
+    if bind_host in _WILDCARD_BINDS and not extra:
+        logger.warning("listening on all interfaces, but only Host: %s is answered; name this machine's host "
+                       "names with --allowed-hosts", " or ".join(LOOPBACK_HOSTS))
+    named = [] if bind_host in _WILDCARD_BINDS else [f"[{bind_host}]" if ":" in bind_host else bind_host]  # IPv6
+    return list(dict.fromkeys([*LOOPBACK_HOSTS, *named, *extra]))
 
 
 def _load_service(run_dir: Path, runtime: str, threads: int) -> _Service:

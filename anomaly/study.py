@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from anomaly import data as D
 from anomaly import metrics as M
+from anomaly.runs import is_evaluated
 from anomaly.utils import make_config, read_json
 
 
@@ -180,7 +181,7 @@ def _same_run(run_dir: str | Path, data: str | Path, category: str, method: str,
     from anomaly.pipeline import fit_run
 
     run_dir = Path(run_dir)
-    if not (run_dir / "metrics.json").is_file():
+    if not is_evaluated(run_dir):
         return False
     config = read_json(run_dir / "config.json")
     defaults = {k: p.default for k, p in inspect.signature(fit_run).parameters.items()

@@ -91,7 +91,9 @@ def test_onnx_service_exports_on_the_fly(run_dir, synthetic_root, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("*.onnx", PARITY_FILE))
     image = sorted((synthetic_root / CATEGORY / "test").glob("*/*.png"))[-1].read_bytes()
-    with TestClient(create_app(copy, runtime="onnx")) as onnx_client, TestClient(create_app(copy)) as torch_client:
+    local = "http://127.0.0.1"  # the service answers loopback Host names only
+    with TestClient(create_app(copy, runtime="onnx"), base_url=local) as onnx_client, \
+            TestClient(create_app(copy), base_url=local) as torch_client:
         assert (copy / ONNX_FILE).is_file() and (copy / PARITY_FILE).is_file()
         assert onnx_client.get("/model").json()["runtime"] == "onnx"
         files = {"file": ("a.png", image, "image/png")}

@@ -24,6 +24,7 @@ from anomaly.service import DEFAULT_MAX_UPLOAD_BYTES, RUNTIMES, ImageDecodeError
 
 CATEGORY = "screw_like"
 LIVE_LIMIT = 200_000  # bytes, for the real server
+LOCAL = "http://127.0.0.1"  # TestClient base URL: the service answers loopback Host names only
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def run_dir(synthetic_root, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def client(run_dir) -> TestClient:
-    with TestClient(create_app(run_dir)) as test_client:
+    with TestClient(create_app(run_dir), base_url=LOCAL) as test_client:
         yield test_client
 
 
@@ -132,7 +133,7 @@ def test_missing_or_misnamed_field(client):
 
 
 def test_oversize_upload_gets_413(run_dir):
-    with TestClient(create_app(run_dir, max_upload_bytes=4096)) as small:
+    with TestClient(create_app(run_dir, max_upload_bytes=4096), base_url=LOCAL) as small:
         big = png_bytes(np.random.default_rng(0).integers(0, 256, (128, 128), dtype=np.uint8))
         assert len(big) > 4096
         response = predict(small, big)
@@ -151,7 +152,7 @@ def test_oversize_chunked_upload_gets_413(run_dir):
             yield bytes(1000)
         yield b"\r\n--" + boundary + b"--\r\n"
 
-    with TestClient(create_app(run_dir, max_upload_bytes=4096)) as small:
+    with TestClient(create_app(run_dir, max_upload_bytes=4096), base_url=LOCAL) as small:
         response = small.post("/predict", content=body(),
                               headers={"content-type": "multipart/form-data; boundary=xyz"})
         assert response.status_code == 413 and "too large" in response.json()["detail"]

@@ -69,6 +69,10 @@ class AutoencoderConfig:
             raise ValueError(f"topk must be in (0, 1], got {self.topk}")
         if min(self.base_channels, self.latent_dim, self.epochs, self.batch_size) < 1:
             raise ValueError("base_channels, latent_dim, epochs and batch_size must be >= 1")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.smooth_sigma < 0:
+            raise ValueError(f"smooth_sigma must be >= 0 (0 disables), got {self.smooth_sigma}")
 
 
 def _block(conv: nn.Module, channels: int) -> nn.Sequential:
@@ -286,6 +290,7 @@ class ConvAutoencoder(Detector):
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Restore what :meth:`state_dict` returned; the detector is then ready to predict."""
+        self._check_state(state, {"mean": (3,), "std": (3,)})
         prefix = "network."
         self.network.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
         self.network.eval()

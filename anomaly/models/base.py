@@ -88,19 +88,34 @@ class Detector(ABC):
 
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> "Detector":
-        """Rebuild a saved detector; ``cls`` may be ``Detector`` itself (dispatches on ``method``)."""
-        from anomaly.models import get_detector_class
+        """Rebuild a saved detector; ``cls`` may be ``Detector`` itself (dispatches on ``method``).
 
+        Raises:
+            FileNotFoundError: no ``model.json``.
+            ValueError: a malformed ``model.json`` or a ``model.pt`` that is not this model's finite
+                tensors of the right shapes; the message names the file.
+        """
         directory = Path(directory)
         meta_path = directory / MODEL_JSON
         if not meta_path.is_file():
             raise FileNotFoundError(f"{meta_path} not found: is {directory} a run folder written by `anomaly fit`?")
-        meta = json.loads(meta_path.read_text())
-        klass = get_detector_class(meta["method"]) if cls is Detector else cls
-        detector = klass(meta["config"], device=device)
-        state = torch.load(directory / MODEL_STATE, map_location="cpu", weights_only=True)
-        detector.load_state_dict(state)
+        detector = _detector_from_meta(meta_path, cls, device)
+        state_path = directory / MODEL_STATE
+        state = _read_state(state_path)
+        try:
+            detector.load_state_dict(state)
+        except (KeyError, ValueError, RuntimeError, TypeError) as err:
+            detail = " ".join(str(err).split())[:300]
+            raise ValueError(f"{state_path} does not fit the {detector.name} model of {meta_path}: {detail}") from None
         return detector
+
+    def _check_state(self, state: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]]) -> None:
+        """Raise ValueError unless ``state[key]`` has shape ``shapes[key]`` for every key."""
+        for key, shape in shapes.items():
+            if key not in state:
+                raise ValueError(f"no {key!r} tensor")
+            if tuple(state[key].shape) != tuple(shape):
+                raise ValueError(f"{key!r} has shape {tuple(state[key].shape)}, expected {tuple(shape)}")
 
     # -- what subclasses implement ----------------------------------------------------------------
     @abstractmethod
@@ -114,3 +129,37 @@ class Detector(ABC):
 
     @abstractmethod
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
+
+
+def _detector_from_meta(meta_path: Path, cls: type[Detector], device: str | torch.device) -> Detector:
+    """An unfitted detector from ``model.json`` (method + config); ValueError names the file."""
+    from anomaly.models import get_detector_class
+
+    try:
+        meta = json.loads(meta_path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{meta_path} is not valid JSON: {err}") from None
+    if not isinstance(meta, dict) or "method" not in meta or not isinstance(meta.get("config"), dict):
+        raise ValueError(f"{meta_path} must hold {{\"method\": ..., \"config\": {{...}}}}")
+    try:
+        klass = get_detector_class(meta["method"]) if cls is Detector else cls
+        return klass(meta["config"], device=device)
+    except ValueError as err:
+        raise ValueError(f"{meta_path}: {err}") from None
+
+
+def _read_state(path: Path) -> dict[str, torch.Tensor]:
+    """``model.pt`` as a dict of finite tensors; ValueError names the file when it is not one."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # empty, truncated or foreign files: torch raises EOFError, RuntimeError, pickle errors
+        raise ValueError(f"{path} is corrupt, truncated or not a PyTorch tensor file (torch.load fails); "
+                         f"run `anomaly fit` again") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} must hold a dict of tensors, got {type(state).__name__}")
+    for key, value in state.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise ValueError(f"{path}: tensor {key!r} holds NaN or infinite values")
+    return state

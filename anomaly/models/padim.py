@@ -62,6 +62,8 @@ class PaDiMConfig:
             raise ValueError(f"n_features must be >= 1, got {self.n_features}")
         if self.eps <= 0:
             raise ValueError(f"eps must be > 0 (it keeps the covariance invertible), got {self.eps}")
+        if self.smooth_sigma < 0:
+            raise ValueError(f"smooth_sigma must be >= 0 (0 disables), got {self.smooth_sigma}")
 
 
 class PaDiM(Detector):
@@ -125,7 +127,11 @@ class PaDiM(Detector):
             raise RuntimeError("PaDiM has no statistics to save: call fit first")
         return {"channel_index": self.channel_index, "mean": self.mean, "inv_covariance": self.inv_covariance}
 
+    @torch.inference_mode()
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        size, d = self.config.image_size, len(self.channel_index)
+        _, (h, w) = self._features(torch.zeros(1, 3, size, size, device=self.device))  # the grid P = h * w
+        self._check_state(state, {"channel_index": (d,), "mean": (h * w, d), "inv_covariance": (h * w, d, d)})
         if not torch.equal(state["channel_index"].cpu(), self.channel_index.cpu()):
             raise ValueError("saved channel subset differs from the one this config's seed selects")
         self.mean = state["mean"].float().to(self.device)

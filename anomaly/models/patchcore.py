@@ -84,8 +84,11 @@ class PatchCoreConfig:
             raise ValueError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
         if self.coreset_min_size < 0:
             raise ValueError(f"coreset_min_size must be >= 0, got {self.coreset_min_size}")
-        if self.num_neighbors < 1:
-            raise ValueError(f"num_neighbors must be >= 1, got {self.num_neighbors}")
+        for name in ("num_neighbors", "projection_dim", "num_starting_points", "chunk_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.smooth_sigma < 0:
+            raise ValueError(f"smooth_sigma must be >= 0 (0 disables), got {self.smooth_sigma}")
 
 
 class PatchCore(Detector):

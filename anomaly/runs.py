@@ -1,0 +1,217 @@
+"""Run folders written atomically, and checked before anything reads them.
+
+A fit never writes into its run folder directly: :func:`atomic_run_dir` gives it a hidden
+temporary sibling (``.NAME.tmp-XXXX``), and only when the fit has returned does it write the
+completeness marker ``complete.json`` (the files of the run and the SHA-256 of ``model.pt``) and
+swap the new folder into place (one ``renameat2(RENAME_EXCHANGE)`` on Linux). Until then the
+previous run stays as it was; a fit killed at any moment leaves either the old folder or the new,
+complete one (a ``SIGKILL`` may leave the hidden sibling behind; nothing reads it).
+
+Everything read from a run folder is checked here and named in the error: the marker and the
+files it lists, the model fingerprint, ``config.json`` keys, a finite threshold in
+``threshold.json``. ``metrics.json`` and ``model.onnx`` carry the fingerprint of the model they were
+computed from (``model_sha256``, as in the marker), so a stale one is recognised
+(:func:`is_evaluated`, :func:`is_current`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import hashlib
+import inspect
+import logging
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from anomaly.utils import read_json, write_json
+
+logger = logging.getLogger(__name__)
+
+MARKER = "complete.json"
+MODEL_STATE = "model.pt"
+RUN_FILES = ("config.json", "model.json", "model.pt", "threshold.json", "fit.json")  # what a fit leaves
+CONFIG_KEYS = ("data", "category", "method", "seed", "val_fraction", "batch_size")  # what evaluate reads
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+class RunFolderError(ValueError):
+    """A run folder that is incomplete, stale or malformed; the message names the file."""
+
+
+def atomic_run_dir(fit: Callable[..., Any]) -> Callable[..., Path]:
+    """Decorate a function taking ``run_dir`` so it writes into a staging folder swapped in on success.
+
+    The decorated function returns the final run folder.
+    """
+    signature = inspect.signature(fit)
+
+    @functools.wraps(fit)
+    def wrapper(*args: Any, **kwargs: Any) -> Path:
+        bound = signature.bind(*args, **kwargs)
+        final = Path(bound.arguments["run_dir"])
+        with staged_run_dir(final) as stage:
+            bound.arguments["run_dir"] = stage
+            fit(*bound.args, **bound.kwargs)
+        return final
+
+    return wrapper
+
+
+@contextlib.contextmanager
+def staged_run_dir(run_dir: str | Path) -> Iterator[Path]:
+    """Yield an empty hidden sibling of ``run_dir``; on a normal exit, mark it complete and swap it in.
+
+    Raises:
+        RunFolderError: ``run_dir`` exists and holds files but is not a run folder (it is never replaced).
+    """
+    run_dir = Path(run_dir).resolve()
+    check_replaceable(run_dir)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.tmp-", dir=run_dir.parent))
+    try:
+        yield stage
+        write_marker(stage)
+        _swap_into_place(stage, run_dir)
+        logger.info("run folder %s complete", run_dir)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)  # after a swap: the previous run
+
+
+def check_replaceable(run_dir: Path) -> None:
+    """Refuse to replace a non-empty folder that is not a run folder (``--run-dir ~/Documents``), or the
+    current directory or one above it."""
+    if run_dir.resolve() in (Path.cwd(), *Path.cwd().parents):
+        raise RunFolderError(f"run folder {run_dir} is the current directory or contains it; choose another --run-dir")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunFolderError(f"run folder {run_dir} exists and is not a folder")
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        if not any((run_dir / name).is_file() for name in (MARKER, "config.json", "model.json")):
+            raise RunFolderError(f"{run_dir} holds files but is not a run folder (no {MARKER}, config.json or "
+                                 f"model.json); refusing to replace it: choose another --run-dir")
+
+
+def _swap_into_place(stage: Path, run_dir: Path) -> None:
+    """Put ``stage`` at ``run_dir``; the previous run (if any) ends up at ``stage``."""
+    if not run_dir.exists():
+        os.rename(stage, run_dir)
+        return
+    rename = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)  # Linux >= 3.15, glibc >= 2.28
+    if rename is not None and rename(_AT_FDCWD, os.fsencode(stage), _AT_FDCWD, os.fsencode(run_dir),
+                                     _RENAME_EXCHANGE) == 0:
+        return
+    aside = stage.with_name(stage.name + ".old")  # elsewhere: two renames, a moment without run_dir
+    os.rename(run_dir, aside)
+    os.rename(stage, run_dir)
+    os.rename(aside, stage)
+
+
+def write_marker(run_dir: Path) -> dict[str, Any]:
+    """Write ``complete.json``: the run's files and the SHA-256 of ``model.pt``; returns the record."""
+    missing = [name for name in RUN_FILES if not (run_dir / name).is_file()]
+    if missing:
+        raise RunFolderError(f"the fit did not write {', '.join(missing)} into {run_dir}")
+    record = {"files": sorted(p.name for p in run_dir.iterdir() if p.is_file()),
+              "model_sha256": file_sha256(run_dir / MODEL_STATE)}
+    write_json(run_dir / MARKER, record)
+    return record
+
+
+def check_run_dir(run_dir: str | Path) -> dict[str, Any]:
+    """Check that ``run_dir`` is a complete run whose ``model.pt`` is the one it was fitted with.
+
+    Returns:
+        The marker record (``files``, ``model_sha256``).
+
+    Raises:
+        FileNotFoundError: no such folder.
+        RunFolderError: no marker, a listed file missing, or ``model.pt`` changed since the fit.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run folder {run_dir} does not exist")
+    if not (run_dir / MARKER).is_file():
+        raise RunFolderError(f"{run_dir} is not a complete run folder: {MARKER} is missing (an interrupted fit, "
+                             f"or a folder from before runs were marked); run `anomaly fit` again")
+    marker = read_dict(run_dir / MARKER, ("files", "model_sha256"))
+    missing = [name for name in marker["files"] if not (run_dir / name).is_file()]
+    if missing:
+        raise RunFolderError(f"run folder {run_dir} is incomplete: {', '.join(missing)} missing "
+                             f"(listed in {MARKER})")
+    if file_sha256(run_dir / MODEL_STATE) != marker["model_sha256"]:
+        raise RunFolderError(f"{run_dir / MODEL_STATE} is not the model {run_dir / MARKER} records: it changed "
+                             f"after the fit; run `anomaly fit` again")
+    return marker
+
+
+def read_dict(path: Path, required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A JSON object from ``path`` holding the ``required`` keys; RunFolderError names the file otherwise."""
+    try:
+        obj = read_json(path)
+    except ValueError as err:  # json.JSONDecodeError, UnicodeDecodeError
+        raise RunFolderError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(obj, dict):
+        raise RunFolderError(f"{path} must hold a JSON object, got {type(obj).__name__}")
+    missing = [key for key in required if key not in obj]
+    if missing:
+        raise RunFolderError(f"{path} lacks {', '.join(missing)}")
+    return obj
+
+
+def read_config(run_dir: Path, method: str) -> dict[str, Any]:
+    """``config.json``, with the keys evaluation reads and the same method as ``model.json``."""
+    config = read_dict(run_dir / "config.json", CONFIG_KEYS)
+    if config["method"] != method:
+        raise RunFolderError(f"{run_dir / 'config.json'} says method {config['method']!r} but model.json holds a "
+                             f"{method!r} model: the folder mixes two runs")
+    return config
+
+
+def read_threshold(run_dir: Path) -> float:
+    """The decision threshold of ``threshold.json``; NaN, infinite or non-numeric ones are refused."""
+    path = run_dir / "threshold.json"
+    value = read_dict(path, ("threshold",))["threshold"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise RunFolderError(f"{path}: threshold must be a finite number, got {value!r}")
+    return float(value)
+
+
+def read_metrics(run_dir: Path, marker: dict[str, Any]) -> dict[str, Any] | None:
+    """``metrics.json`` when it was computed from this run's model; ``None`` when absent or stale."""
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        return None
+    metrics = read_dict(path)
+    if not is_current(metrics, marker["model_sha256"]):
+        logger.warning("ignoring %s: it was computed from another model than %s", path, run_dir / MODEL_STATE)
+        return None
+    return metrics
+
+
+def is_current(record: dict[str, Any], model_sha256: str) -> bool:
+    """Whether ``record`` (metrics, ONNX parity) was computed from the model with this fingerprint."""
+    return record.get("model_sha256") == model_sha256
+
+
+def is_evaluated(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` is a complete run with a ``metrics.json`` of its own model (``--resume``)."""
+    try:
+        return read_metrics(Path(run_dir), check_run_dir(run_dir)) is not None
+    except (FileNotFoundError, RunFolderError) as err:
+        logger.info("%s is not an evaluated run: %s", run_dir, err)
+        return False
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 hex digest of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
