@@ -33,7 +33,7 @@ synth: $(STAMP)
 # Real MVTec AD screw benchmark (the README's results table): make benchmark MVTEC=../shared/datasets/mvtec_ad
 MVTEC ?= ../shared/datasets/mvtec_ad
 benchmark: $(STAMP)
-	$(BIN)/anomaly benchmark --data $(MVTEC) --categories screw --methods autoencoder,padim,patchcore --out weights/benchmark
+	$(BIN)/anomaly benchmark --data $(MVTEC) --categories screw --methods intensity,autoencoder,padim,patchcore --out weights/benchmark
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/

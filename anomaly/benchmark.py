@@ -22,9 +22,10 @@ from anomaly.utils import read_json, write_json
 
 logger = logging.getLogger(__name__)
 
-COLUMNS = ("category", "method", "image_auroc", "pixel_auroc", "aupro", "f1_max_oracle", "fit_seconds",
+COLUMNS = ("category", "method", "image_auroc", "pixel_auroc", "aupro", "aupro_fpr05", "f1_max_oracle", "f1_flag_all",
+           "fit_seconds",
            "predict_ms_per_image", "peak_rss_mib", "load_before", "load_after")
-_SCORES = ("image_auroc", "pixel_auroc", "aupro", "f1_max_oracle")
+_SCORES = ("image_auroc", "pixel_auroc", "aupro", "aupro_fpr05", "f1_max_oracle", "f1_flag_all")
 
 
 def split_params(params: dict[str, Any] | None, methods: Sequence[str]) -> dict[str, dict[str, Any]]:

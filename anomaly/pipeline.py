@@ -38,6 +38,7 @@ from anomaly import metrics as M
 from anomaly.models import Detector, Prediction, create_detector
 from anomaly.runs import atomic_run_dir, check_run_dir, read_config, read_dict, read_metrics, read_threshold
 from anomaly.thresholds import fit_threshold, scores_at_threshold
+from anomaly.uncertainty import uncertainty_metrics
 from anomaly.utils import read_json, resolve_device, seed_everything, write_json
 
 logger = logging.getLogger(__name__)
@@ -186,6 +187,7 @@ def compute_metrics(out: dict[str, np.ndarray], samples: Sequence[D.Sample], thr
                           "image_auroc": M.image_auroc(labels[keep], scores[keep]),
                           "recall_at_threshold": float((scores[defect_types == name] >= threshold).mean())}
     result["per_defect_type"] = per_type
+    result.update(uncertainty_metrics(out, samples, threshold))  # CIs, aupro_fpr05, f1_flag_all, by size (issue 10)
     return result
 
 
