@@ -265,16 +265,49 @@ def loss_curve(history: Sequence[float], title: str = "autoencoder training loss
     return fig
 
 
-def data_efficiency_figure(table: pd.DataFrame, metric: str = "image_auroc") -> Figure:
-    """``metric`` vs number of good training images (log x), one line per ``method`` column value."""
-    fig, axes = _new_figure(1, 1, cell=4.5)
+def data_efficiency_figure(table: pd.DataFrame, metrics: Sequence[str] = ("image_auroc", "pixel_auroc", "aupro"),
+                           baselines: Mapping[str, Mapping[str, float]] | None = None) -> Figure:
+    """Each metric vs number of good training images (log x): mean over seeds with a min-max band per method.
+
+    Args:
+        table: rows of ``method, seed, n_train`` and the metric columns (:func:`anomaly.study.data_efficiency`).
+        baselines: ``{name: {metric: value}}`` drawn as dotted horizontal lines (e.g. the no-learning baseline).
+    """
+    fig, axes = _new_figure(1, len(metrics), cell=4.0)
+    for ax, metric in zip(axes[0], metrics):
+        for method, rows in table.groupby("method"):
+            stats = rows.groupby("n_train")[metric].agg(["mean", "min", "max"])
+            n_seeds = rows["seed"].nunique() if "seed" in rows else 1
+            line, = ax.plot(stats.index, stats["mean"], marker="o", label=f"{method} (mean of {n_seeds} seeds)")
+            ax.fill_between(stats.index, stats["min"], stats["max"], color=line.get_color(), alpha=0.2)
+        for name, values in (baselines or {}).items():
+            if metric in values:
+                ax.axhline(values[metric], color="grey", linestyle=":", label=f"{name} (no learning)")
+        if metric.endswith("auroc"):
+            ax.axhline(0.5, color="black", linewidth=0.8, linestyle="--", label="chance")
+        ax.set(xscale="log", xlabel="good training images", ylabel=metric.replace("_", " "), title=metric)
+        ax.grid(alpha=0.3, which="both")
+    axes[0, 0].legend(fontsize=8)
+    return fig
+
+
+def comparison_figure(metrics_by_method: Mapping[str, Mapping], keys: Sequence[str] = (
+        "image_auroc", "pixel_auroc", "aupro", "aupro_fpr05")) -> Figure:
+    """Grouped bars of each metric per method with its 95 % interval (``<key>_ci``) as an error bar."""
+    fig, axes = _new_figure(1, 1, cell=5.0)
     ax = axes[0, 0]
-    for method, rows in table.groupby("method"):
-        rows = rows.sort_values("n_train")
-        ax.plot(rows["n_train"], rows[metric], marker="o", label=method)
-    ax.set(xscale="log", xlabel="good training images", ylabel=metric.replace("_", " "), title="data efficiency")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend()
+    methods = list(metrics_by_method)
+    width = 0.8 / max(len(methods), 1)
+    for j, method in enumerate(methods):
+        m = metrics_by_method[method]
+        values = np.array([m.get(k, np.nan) for k in keys], dtype=float)
+        cis = np.array([m.get(f"{k}_ci") or [v, v] for k, v in zip(keys, values)], dtype=float)
+        err = np.abs(cis.T - values)  # (2, K)
+        ax.bar(np.arange(len(keys)) + j * width, values, width, yerr=err, capsize=3, label=method)
+    ax.axhline(0.5, color="black", linewidth=0.8, linestyle="--", label="chance (AUROC)")
+    ax.set_xticks(np.arange(len(keys)) + 0.4 - width / 2, [k.replace("_", " ") for k in keys])
+    ax.set(ylim=(0, 1.05), ylabel="value (95 % bootstrap interval)", title="test metrics per method")
+    ax.legend(fontsize=8, loc="lower left")
     return fig
 
 

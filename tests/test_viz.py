@@ -108,9 +108,19 @@ def test_confusion_counts(predictions):
 
 def test_loss_efficiency_and_defect_size_figures():
     assert len(viz.loss_curve([1.0, 0.5, 0.25]).axes[0].lines) == 1
-    table = pd.DataFrame({"method": ["a", "a", "b", "b"], "n_train": [5, 10, 5, 10],
-                          "image_auroc": [0.6, 0.7, 0.8, 0.9]})
-    assert len(viz.data_efficiency_figure(table).axes[0].lines) == 2
+    table = pd.DataFrame({"method": ["a"] * 4 + ["b"] * 2, "seed": [0, 0, 1, 1, 0, 0], "n_train": [5, 10] * 3,
+                          "image_auroc": [0.6, 0.7, 0.5, 0.8, 0.8, 0.9], "aupro": [0.5] * 6})
+    fig = viz.data_efficiency_figure(table, ("image_auroc", "aupro"), baselines={"intensity": {"image_auroc": 0.7}})
+    lines = fig.axes[0].lines
+    assert len(lines) == 4 and len(fig.axes[0].collections) == 2  # 2 methods + baseline + chance; 2 seed bands
+    np.testing.assert_allclose(lines[0].get_ydata(), [0.55, 0.75])  # mean over seeds
+    assert len(fig.axes[1].lines) == 2  # no chance line for AUPRO
+
+
+def test_comparison_figure_draws_intervals():
+    fig = viz.comparison_figure({"a": {"image_auroc": 0.8, "image_auroc_ci": [0.7, 0.9]}, "b": {"image_auroc": 0.6}},
+                                keys=("image_auroc",))
+    assert len(fig.axes[0].patches) == 2
     areas = pd.DataFrame({"defect_type": ["x", "x", "y"], "area_fraction": [0.005, 0.01, 0.02]})
     assert isinstance(viz.defect_size_figure(areas), Figure)
 
