@@ -145,13 +145,10 @@ def plan_jobs(sources: Sequence[Path], data: str, category: str, runs_dir: str, 
 
 
 def export_html(notebook: Path) -> Path:
-    """Write ``notebook`` as HTML next to it (code, outputs and figures embedded)."""
-    from nbconvert import HTMLExporter
+    """Write ``notebook`` as HTML next to it: figures embedded, maths pre-rendered to MathML (reads offline)."""
+    from anomaly.offline_html import export_html as offline_export
 
-    body, _ = HTMLExporter().from_notebook_node(nbformat.read(notebook, as_version=4))
-    target = notebook.with_suffix(".html")
-    target.write_text(body, encoding="utf-8")
-    return target
+    return offline_export(notebook)
 
 
 def write_index(out_dir: Path, runs_dir: Path, jobs: Sequence[Job], about: str) -> Path:
