@@ -59,7 +59,7 @@ class RunResults:
         indices = np.asarray(indices, dtype=int)
         return {"images": self.images(indices), "anomaly_maps": self.predictions["anomaly_maps"][indices],
                 "gt_masks": self.predictions["gt_masks"][indices], "titles": self.titles(indices),
-                "vmin": self.display_range[0], "vmax": self.display_range[1]}
+                "vmin": self.display_range[0], "vmax": self.display_range[1], "threshold": self.threshold}
 
 
 def load_results(run_dir: str | Path) -> RunResults:
@@ -218,22 +218,25 @@ def _same_run(run_dir: str | Path, data: str | Path, category: str, method: str,
     return read_json(run_dir / "model.json")["config"] == expected
 
 
-def model_params(method: str, image_size: int = 0, epochs: int = 0) -> dict[str, Any]:
-    """Detector parameters from notebook parameters: 0 = the method's default; ``epochs`` is autoencoder-only."""
-    params: dict[str, Any] = {"image_size": image_size} if image_size else {}
-    if epochs and method == "autoencoder":
+def model_params(method: str, image_size: int | None = None, epochs: int | None = None) -> dict[str, Any]:
+    """Detector parameters from notebook parameters: None = the method's default (the one sentinel, as an absent
+    CLI flag); ``epochs`` is autoencoder-only and ignored for the other methods."""
+    params: dict[str, Any] = {"image_size": image_size} if image_size is not None else {}
+    if epochs is not None and method == "autoencoder":
         params["epochs"] = epochs
     return params
 
 
 def pick_cases(results: RunResults, n: int = 4) -> dict[str, np.ndarray]:
-    """Test indices of true positives (highest scores), false negatives (lowest) and false positives (highest)."""
+    """Test indices of true positives (highest scores), false negatives (lowest), false positives (highest) and
+    the highest-scoring good parts (flagged or not)."""
     scores, labels = results.predictions["image_scores"], results.predictions["labels"].astype(bool)
     flagged = scores >= results.threshold
     order = np.argsort(-scores)  # most anomalous first
     cases = {"true positives": order[(labels & flagged)[order]][:n],
              "false negatives": order[(labels & ~flagged)[order]][::-1][:n],
-             "false positives": order[(~labels & flagged)[order]][:n]}
+             "false positives": order[(~labels & flagged)[order]][:n],
+             "highest-scoring good parts": order[(~labels)[order]][:n]}  # shown when there is no false positive
     return cases
 
 

@@ -79,8 +79,12 @@ def overlay(image, anomaly_map: np.ndarray, gt_mask: np.ndarray | None = None, *
 
 def heatmap_gallery(images: Sequence, anomaly_maps: Sequence, gt_masks: Sequence | None = None,
                     titles: Sequence[str] | None = None, *, ncols: int = 4, vmin: float | None = None,
-                    vmax: float | None = None, alpha: float = 0.5) -> Figure:
-    """A grid of overlays (one per image), all with the same colour range, GT outlines in green."""
+                    vmax: float | None = None, alpha: float = 0.5, threshold: float | None = None) -> Figure:
+    """A grid of overlays (one per image), all with the same colour range and one colour bar, GT outlines in green.
+
+    ``threshold``: marked on the colour bar and outlined (white dashes) where a map reaches it. For methods whose
+    image score is the map's maximum, a map crossing it is a flagged part (PatchCore re-weights its score: Eq. 7).
+    """
     n = len(images)
     if n == 0:  # e.g. no false negatives at this threshold
         fig, axes = _new_figure(1, 1, cell=2.0)
@@ -90,12 +94,20 @@ def heatmap_gallery(images: Sequence, anomaly_maps: Sequence, gt_masks: Sequence
     ncols = min(ncols, n)
     nrows = -(-n // ncols)
     fig, axes = _new_figure(nrows, ncols)
+    artist = None
     for i, ax in enumerate(axes.flat):
         if i >= n:
             ax.set_axis_off()
             continue
         mask = None if gt_masks is None else gt_masks[i]
-        _draw_overlay(ax, images[i], anomaly_maps[i], mask, vmin, vmax, alpha, titles[i] if titles else None)
+        artist = _draw_overlay(ax, images[i], anomaly_maps[i], mask, vmin, vmax, alpha, titles[i] if titles else None)
+        if threshold is not None and np.nanmax(anomaly_maps[i]) >= threshold:
+            ax.contour(np.asarray(anomaly_maps[i], dtype=np.float32), levels=[threshold], colors="white",
+                       linewidths=1.0, linestyles="dashed")
+    bar = fig.colorbar(artist, ax=axes, shrink=0.8, label="anomaly score")
+    if threshold is not None:
+        bar.ax.axhline(threshold, color="white", linewidth=2, linestyle="--")
+        bar.ax.set_ylabel(f"anomaly score (dashed: threshold {threshold:.3g})")
     return fig
 
 
@@ -221,12 +233,21 @@ def pro_figure(predictions: Mapping[str, Mapping[str, np.ndarray]], fpr_limit: f
 
 
 def score_histogram(labels: np.ndarray, scores: np.ndarray, threshold: float,
-                    oracle_threshold: float | None = None, bins: int = 30) -> Figure:
-    """Histograms of image scores, good vs defective, with the validation and ORACLE thresholds."""
+                    oracle_threshold: float | None = None, bins: int = 30,
+                    validation_scores: np.ndarray | None = None) -> Figure:
+    """Histograms of image scores, good vs defective, with the validation and ORACLE thresholds.
+
+    ``validation_scores``: the good validation (calibration) images' scores the threshold was fitted on,
+    drawn as an outline histogram.
+    """
     labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
     fig, axes = _new_figure(1, 1, cell=4.5)
     ax = axes[0, 0]
-    edges = np.histogram_bin_edges(np.append(scores, threshold), bins=bins)
+    calib = np.asarray(validation_scores if validation_scores is not None else [], dtype=np.float64)
+    edges = np.histogram_bin_edges(np.concatenate([scores, calib, [threshold]]), bins=bins)
+    if calib.size:
+        ax.hist(calib, bins=edges, histtype="step", linewidth=2, color="tab:blue",
+                label=f"good validation = calibration (n={calib.size})")
     ax.hist(scores[labels == 0], bins=edges, alpha=0.6, color="tab:green", label=f"good (n={int((labels == 0).sum())})")
     ax.hist(scores[labels == 1], bins=edges, alpha=0.6, color="tab:red",
             label=f"defective (n={int((labels == 1).sum())})")
@@ -340,3 +361,22 @@ def save_heatmap_png(image, anomaly_map: np.ndarray, path: str | Path, vmin: flo
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(heatmap_png_bytes(image, anomaly_map, vmin, vmax, alpha))
     return path
+
+
+def patch_pair_figure(test_image, test_cell: tuple[int, int], good_image, good_cell: tuple[int, int], cell_px: int,
+                      stride: int, title_test: str = "test patch", title_good: str = "nearest good patch") -> Figure:
+    """A test image and a good image side by side, each with a box around one patch cell (row, col) of the grid.
+
+    The box spans the patch's neighbourhood (``cell_px`` px), centred on the cell (``stride`` px per cell).
+    """
+    from matplotlib.patches import Rectangle
+
+    fig, axes = _new_figure(1, 2, cell=4.0)
+    for ax, image, (r, c), title in ((axes[0, 0], test_image, test_cell, title_test),
+                                     (axes[0, 1], good_image, good_cell, title_good)):
+        ax.imshow(to_display(image))
+        y, x = (r + 0.5) * stride - cell_px / 2, (c + 0.5) * stride - cell_px / 2
+        ax.add_patch(Rectangle((x, y), cell_px, cell_px, fill=False, edgecolor="red", linewidth=2))
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    return fig

@@ -51,11 +51,22 @@ def test_overlay_has_image_and_colorbar():
     assert _image_axes(fig)[0].get_title() == "x"
 
 
-@pytest.mark.parametrize("n, ncols, shown", [(5, 4, 8), (2, 4, 2), (0, 4, 1)])
+@pytest.mark.parametrize("n, ncols, shown", [(5, 4, 8 + 1), (2, 4, 2 + 1), (0, 4, 1)])  # + the colour bar
 def test_heatmap_gallery_grid(n, ncols, shown):
     fig = viz.heatmap_gallery(torch.rand(n, 3, H, W), np.random.rand(n, H, W), np.zeros((n, H, W)),
                               [f"t{i}" for i in range(n)], ncols=ncols, vmin=0, vmax=1)
     assert isinstance(fig, Figure) and len(fig.axes) == shown
+
+
+def test_heatmap_gallery_marks_the_threshold_on_its_colour_bar():
+    fig = viz.heatmap_gallery(torch.rand(2, 3, H, W), np.random.rand(2, H, W), vmin=0, vmax=1, threshold=0.7)
+    bar = fig.axes[-1]
+    assert "threshold 0.7" in bar.get_ylabel() and any(np.allclose(line.get_ydata(), 0.7) for line in bar.lines)
+
+
+def test_score_histogram_shows_the_calibration_scores():
+    fig = viz.score_histogram(np.array([0, 1]), np.array([0.1, 0.9]), 0.5, validation_scores=np.array([0.1, 0.2]))
+    assert any("calibration (n=2)" in t.get_text() for t in fig.axes[0].get_legend().get_texts())
 
 
 def test_triptych_rows_of_three():
