@@ -124,6 +124,15 @@ def _margin_sentence(method: str, margin: dict[str, dict[str, Any]], base: str) 
     return f"{method} vs {base}: " + "; ".join(parts) + "." if parts else ""
 
 
+def per_type_table(results: Sequence[Any]) -> pd.DataFrame:
+    """Image AUROC [95 % interval] per defect type (rows) and method (columns), from each ``metrics.json``."""
+    rows: dict[str, dict[str, str]] = {}
+    for r in results:
+        for name, e in r.metrics.get("per_defect_type", {}).items():
+            rows.setdefault(name, {"n": e["n"]})[r.method] = fmt_ci(e["image_auroc"], e.get("image_auroc_ci"))
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("defect type")
+
+
 def size_table(results: Sequence[Any], bins: Sequence[float] = M.SIZE_BINS) -> pd.DataFrame:
     """Per method and defect-area bin: n, recall at the threshold, image AUROC against all good images."""
     rows = []

@@ -121,3 +121,29 @@ def patch_pair_text(pair: dict[str, Any]) -> str:
             f"nearest bank feature ($s^*$); Eq. 7 turns that into the image score {pair['score']:.3g}, while the "
             f"smoothed map peaks at {pair['map_max']:.3g}. The score and the map's maximum are different numbers: "
             f"the threshold applies to the score.")
+
+
+def calibration_text(results: Any) -> str:
+    """Markdown for notebook 03: what the threshold's quantile of few scores means, and why precision moves
+    with the defect rate (``results`` is a :class:`anomaly.study.RunResults`)."""
+    val = np.sort(np.asarray(results.validation_scores, dtype=np.float64))
+    thr = read_json(Path(results.run_dir) / "threshold.json")
+    labels = results.predictions["labels"].astype(bool)
+    flagged = results.predictions["image_scores"] >= results.threshold
+    tpr, fpr, rate = float(flagged[labels].mean()), float(flagged[~labels].mean()), float(labels.mean())
+    lines = [f"- The threshold comes from {val.size} good validation scores (blue outline)."]
+    if thr["method"] == "quantile" and val.size:
+        pos = thr["q"] * (val.size - 1)
+        lines.append(f"  Their {100 * thr['q']:g}th percentile interpolates between sorted scores {int(pos) + 1} and "
+                     f"{min(int(pos) + 2, val.size)} of {val.size}: with so few scores it is in effect their maximum "
+                     f"({val[-1]:.4g}), so one unusual good part moves the threshold.")
+    lines.append(f"- Precision depends on how common defects are, recall does not. Here recall is {tpr:.2f} and "
+                 f"{fpr:.2f} of good test parts are flagged; with this test set's defect rate ({100 * rate:.0f} %) "
+                 f"precision is {_precision(tpr, fpr, rate):.2f}, at a 1 % defect rate (a realistic line) it would be "
+                 f"{_precision(tpr, fpr, 0.01):.2f}.")
+    return "\n".join(lines)
+
+
+def _precision(tpr: float, fpr: float, rate: float) -> float:
+    denominator = tpr * rate + fpr * (1 - rate)
+    return float("nan") if denominator == 0 else tpr * rate / denominator

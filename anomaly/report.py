@@ -45,12 +45,12 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                   "intensity": {"image_size": 256, "epochs": None},
                   "autoencoder": {"image_size": 128, "epochs": 30}, "padim": {"image_size": 256},
                   "patchcore": {"image_size": 256},
-                  "05_method_comparison": {"efficiency_method": "patchcore", "image_size": 256,
+                  "05_method_comparison": {"efficiency_methods": ["patchcore"], "image_size": 256,
                                            "efficiency_sizes": [10, 50], "efficiency_seeds": 3}},
     "real": {"01_data_exploration": {"image_size": 256}, "intensity": {"image_size": None, "epochs": None},
              "autoencoder": {"image_size": None, "epochs": 50}, "padim": {"image_size": None},
              "patchcore": {"image_size": None},
-             "05_method_comparison": {"efficiency_method": "patchcore", "image_size": None,
+             "05_method_comparison": {"efficiency_methods": ["patchcore"], "image_size": None,
                                       "efficiency_sizes": [10, 25, 50, 100], "efficiency_seeds": 3}},
 }
 
@@ -247,7 +247,8 @@ def _quiet(*names: str) -> Iterator[None]:
 
 
 def _ensure_synthetic(root: Path, category: str) -> Path:
-    from anomaly.synthetic import CATEGORIES, generate_dataset
+    from anomaly.synthetic import ALL_CATEGORIES as CATEGORIES
+    from anomaly.synthetic import generate_dataset
 
     if not (root / category).is_dir():
         if category not in CATEGORIES:

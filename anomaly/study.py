@@ -256,17 +256,18 @@ def summarise_cases(results: RunResults, cases: dict[str, np.ndarray]) -> str:
     return "\n".join(lines)
 
 
-def comparison_examples(results: Sequence[RunResults], n: int = 4) -> dict[str, Any]:
+def comparison_examples(results: Sequence[RunResults], n: int | None = None) -> dict[str, Any]:
     """Keyword arguments of :func:`anomaly.viz.method_gallery`: the same test images under every run.
 
-    One defective image per defect type (up to ``n - 1``) and one good image; maps of runs evaluated at
-    different resolutions are resized bilinearly to the largest one.
+    One defective image per defect type (up to ``n - 1``; None = every type) and one good image; maps of runs
+    evaluated at different resolutions are resized bilinearly to the largest one.
     """
     first = results[0].predictions
     for other in results[1:]:
         if not np.array_equal(other.predictions["image_paths"], first["image_paths"]):
             raise ValueError(f"{other.run_dir} was evaluated on other test images than {results[0].run_dir}")
     types = first["defect_types"]
+    n = len(set(types)) if n is None else n
     chosen = [int(np.flatnonzero(types == t)[0]) for t in sorted(set(types) - {"good"})][: max(n - 1, 1)]
     chosen = (chosen + [int(i) for i in np.flatnonzero(types == "good")[:1]])[:n]
     big = max(results, key=lambda r: r.predictions["anomaly_maps"].shape[-1])

@@ -380,3 +380,24 @@ def patch_pair_figure(test_image, test_cell: tuple[int, int], good_image, good_c
         ax.set_title(title, fontsize=9)
         ax.axis("off")
     return fig
+
+
+def detection_by_size_figure(table: pd.DataFrame) -> Figure:
+    """Recall at the threshold and image AUROC vs good, per defect-area bin (x) and method (lines).
+
+    Args:
+        table: :func:`anomaly.evidence.size_table` (index: defect area, n; columns: (metric, method)).
+    """
+    fig, axes = _new_figure(1, 2, cell=4.2)
+    labels = [f"{area}\n(n={n})" for area, n in table.index]
+    x = np.arange(len(labels))
+    for ax, metric in zip(axes[0], ("recall at threshold", "image AUROC vs good")):
+        for method in table[metric].columns:
+            ax.plot(x, table[metric][method].to_numpy(dtype=float), marker="o", label=method)
+        if metric.startswith("image AUROC"):
+            ax.axhline(0.5, color="black", linewidth=0.8, linestyle="--", label="chance")
+        ax.set_xticks(x, labels, fontsize=7)
+        ax.set(ylim=(-0.02, 1.02), xlabel="defect area (% of the image)", ylabel=metric, title=metric)
+        ax.grid(alpha=0.3)
+    axes[0, 1].legend(fontsize=8)
+    return fig
