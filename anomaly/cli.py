@@ -205,6 +205,9 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-upload-mb", type=_positive_float, default=20.0, help="largest request body; larger uploads get 413")
     p.add_argument("--threads", type=_positive_int, default=1,
                    help="torch / onnxruntime intra-op threads per request (concurrent requests use the other cores)")
+    p.add_argument("--api-key-file", help="require the key in this file (X-API-Key header) on every endpoint but "
+                                          "/health; default: $ANOMALY_API_KEY if set, else no key")
+    p.add_argument("--workers", type=_positive_int, default=1, help="worker processes, each loading the run once")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("loadtest", help="load-test a running service on this machine (loopback only)")
@@ -235,11 +238,24 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from anomaly.export import set_torch_threads
     from anomaly.service import allowed_hosts, create_app
 
+    from anomaly.web import api_key_from, settings_to_env
+
     set_torch_threads(args.threads)
     hosts = allowed_hosts(args.host, [h.strip() for h in args.allowed_hosts.split(",") if h.strip()])
-    app = create_app(args.run_dir, runtime=args.runtime, max_upload_bytes=int(args.max_upload_mb * 2**20),
-                     threads=args.threads, allowed_hosts=hosts)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    settings = dict(run_dir=str(Path(args.run_dir).resolve()), runtime=args.runtime, threads=args.threads,
+                    max_upload_bytes=int(args.max_upload_mb * 2**20), allowed_hosts=hosts)
+    api_key = api_key_from(args.api_key_file)  # checked here, so a bad key file exits 2 before any worker starts
+    if args.workers == 1:
+        app = create_app(**settings, api_key=api_key)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+        return
+    import os
+
+    os.environ.update(settings_to_env(**settings))  # inherited by the worker processes
+    if api_key is not None:
+        os.environ["ANOMALY_API_KEY"] = api_key
+    uvicorn.run("anomaly.web:create_app_from_env", factory=True, workers=args.workers, host=args.host,
+                port=args.port, log_level="info")
 
 
 def cmd_loadtest(args: argparse.Namespace) -> None:
