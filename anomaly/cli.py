@@ -89,11 +89,18 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
+    from anomaly.inspection import inspect_paths, list_images
     from anomaly.pipeline import load_run, predict_paths
 
+    paths = list_images(args.images)  # folders expanded; a missing input exits 2 before the run loads
     run = load_run(args.run_dir, device=args.device)
+    if args.csv:
+        summary = inspect_paths(run, args.images, args.csv, heatmap_dir=args.heatmaps, batch_size=args.batch_size,
+                                runtime=args.runtime)
+        print(json.dumps(summary))
+        return
     heatmap_dir = Path(args.heatmap_dir) if args.heatmap_dir else Path(args.run_dir) / "heatmaps"
-    for record in predict_paths(run, args.images, heatmap_dir=heatmap_dir):
+    for record in predict_paths(run, paths, heatmap_dir=heatmap_dir):
         print(json.dumps(record))
 
 
@@ -156,10 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="score image files; one JSON line per image")
+    p = sub.add_parser("predict", help="score image files or folders; one JSON line per image, or a CSV (--csv)")
     p.add_argument("--run-dir", required=True)
-    p.add_argument("--heatmap-dir", help="where heatmap PNGs go (default RUN_DIR/heatmaps)")
-    p.add_argument("images", nargs="+")
+    p.add_argument("--heatmap-dir", help="JSON mode: where heatmap PNGs go (default RUN_DIR/heatmaps)")
+    p.add_argument("--csv", help="stream one row per image into this CSV (resumes: paths already in it are skipped)")
+    p.add_argument("--heatmaps", metavar="OUT", help="--csv mode: write a heatmap PNG per image here (default: none)")
+    p.add_argument("--batch-size", type=_positive_int, default=16, help="--csv mode: images scored together")
+    p.add_argument("--runtime", default="torch", choices=("torch", "onnx"), help="--csv mode: torch or the ONNX graph")
+    p.add_argument("images", nargs="+", metavar="FOLDER_OR_FILE", help="image files, or folders searched recursively")
     _add_common(p)
     p.set_defaults(func=cmd_predict)
 
@@ -210,6 +221,13 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=_positive_int, default=1, help="worker processes, each loading the run once")
     p.set_defaults(func=cmd_serve)
 
+    p = sub.add_parser("station", help="screenshot of the inspection page on one image, in headless Chromium")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--image", required=True, help="the part to upload (use a synthetic one for committed figures)")
+    p.add_argument("--out", default="docs/station.png")
+    p.add_argument("--runtime", default="torch", choices=("torch", "onnx"))
+    p.set_defaults(func=cmd_station)
+
     p = sub.add_parser("loadtest", help="load-test a running service on this machine (loopback only)")
     p.add_argument("--url", default="http://127.0.0.1:8000")
     p.add_argument("--requests", type=_positive_int, default=200)
@@ -256,6 +274,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
         os.environ["ANOMALY_API_KEY"] = api_key
     uvicorn.run("anomaly.web:create_app_from_env", factory=True, workers=args.workers, host=args.host,
                 port=args.port, log_level="info")
+
+
+def cmd_station(args: argparse.Namespace) -> None:
+    from anomaly.browser import screenshot_station
+
+    print(json.dumps(screenshot_station(args.run_dir, args.image, args.out, runtime=args.runtime)))
 
 
 def cmd_loadtest(args: argparse.Namespace) -> None:
