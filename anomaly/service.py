@@ -102,6 +102,7 @@ def create_app(run_dir: str | Path, runtime: str = "torch", max_upload_bytes: in
     from anomaly.web import ApiKeyMiddleware, add_page_and_docs, check_api_key
 
     service = _load_service(Path(run_dir), runtime, threads)
+    _warm_up(service)
     app = FastAPI(title="anomaly", version="0.1.0", docs_url=None, redoc_url=None,
                   description=f"Anomaly scoring with a {service.info['method']} run on {service.info['category']!r}.")
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_upload_bytes)
@@ -165,6 +166,17 @@ def _load_service(run_dir: Path, runtime: str, threads: int) -> _Service:
     info = _json_safe(info)
     logger.info("serving %s (%s, %d px) with %s", run_dir, info["method"], run.image_size, runtime)
     return _Service(scorer, info, run.image_size, run.threshold, rng["vmin"], rng["vmax"])
+
+
+def _warm_up(service: _Service) -> None:
+    """One decode, prediction and heatmap at load (lazy imports, first-run allocations), so the first upload is fast."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="PNG")
+    image = decode_image(buffer.getvalue(), service.image_size)  # (3, S, S)
+    out = service.scorer.predict(image[None])
+    _heatmap_base64(image, out.anomaly_maps[0], service)
 
 
 def _score_uploads(service: _Service, files: list[UploadFile]) -> list[PredictResponse]:
