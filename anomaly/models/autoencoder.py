@@ -163,7 +163,7 @@ class ConvAutoencoder(Detector):
 
     def __init__(self, config: AutoencoderConfig | dict | None = None, device: str | torch.device = "cpu") -> None:
         super().__init__(config, device)
-        self.model = AutoencoderModel(self.config).to(self.device)
+        self.model = AutoencoderModel(self.config).to(self.device).eval()
         self.history: list[float] = []
 
     @property
@@ -230,7 +230,7 @@ class ConvAutoencoder(Detector):
                 total += loss.item() * len(batch)
             self.history.append(total / len(images))
             progress.set_postfix(loss=f"{self.history[-1]:.5f}")
-        self.network.eval()
+        self.model.eval()
         self.fitted = True
         logger.info("autoencoder: %d epochs on %d images, final loss %.5f", cfg.epochs, len(images), self.history[-1])
 

@@ -117,7 +117,7 @@ class PaDiM(Detector):
 
     def __init__(self, config: PaDiMConfig | dict | None = None, device: str | torch.device = "cpu") -> None:
         super().__init__(config, device)
-        self.model = PaDiMModel(self.config).to(self.device)
+        self.model = PaDiMModel(self.config).to(self.device).eval()
 
     @property
     def extractor(self) -> FeatureExtractor:

@@ -145,7 +145,7 @@ class PatchCore(Detector):
 
     def __init__(self, config: PatchCoreConfig | dict | None = None, device: str | torch.device = "cpu") -> None:
         super().__init__(config, device)
-        self.model = PatchCoreModel(self.config).to(self.device)
+        self.model = PatchCoreModel(self.config).to(self.device).eval()
 
     @property
     def extractor(self) -> FeatureExtractor:
