@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from anomaly import data as D
 from anomaly import metrics as M
-from anomaly.models import Detector, Prediction, create_detector
+from anomaly.models import Detector, create_detector
 from anomaly.runs import atomic_run_dir, check_run_dir, read_config, read_dict, read_metrics, read_threshold
 from anomaly.thresholds import fit_threshold, scores_at_threshold
 from anomaly.utils import read_json, resolve_device, seed_everything, write_json
@@ -60,10 +60,6 @@ class Run:
     def image_size(self) -> int:
         return int(self.detector.config.image_size)
 
-    def predict_images(self, images: torch.Tensor, batch_size: int = 8) -> Prediction:
-        """Score (B, 3, H, W) images in [0, 1] in batches; maps come back at (H, W)."""
-        return predict_batches(self.detector, images, batch_size)
-
 
 def make_loader(samples: Sequence[D.Sample], image_size: int, batch_size: int, shuffle: bool = False,
                 seed: int = 0, num_workers: int = 0) -> DataLoader:
@@ -71,13 +67,6 @@ def make_loader(samples: Sequence[D.Sample], image_size: int, batch_size: int, s
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(D.AnomalyDataset(list(samples), image_size), batch_size=batch_size, shuffle=shuffle,
                       generator=generator, num_workers=num_workers)
-
-
-def predict_batches(detector: Detector, images: torch.Tensor, batch_size: int = 8) -> Prediction:
-    """Run ``detector.predict`` over ``images`` (N, 3, H, W) in chunks and concatenate."""
-    parts = [detector.predict(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
-    return Prediction(np.concatenate([p.image_scores for p in parts]),
-                      np.concatenate([p.anomaly_maps for p in parts]))
 
 
 def predict_loader(detector: Detector, loader: DataLoader, desc: str = "predict") -> dict[str, np.ndarray]:

@@ -6,7 +6,7 @@ are freed when dropped. Images are ``(3, H, W)`` tensors/arrays in [0, 1] (or ``
 ``(H, W)``); anomaly maps are ``(H, W)``; ground-truth masks ``(H, W)`` of 0/1.
 
 Heatmap colour ranges (``vmin``/``vmax``) should come from validation GOOD images
-(``report.RunResults.display_range``), never from the maps being shown -- otherwise every
+(``study.RunResults.display_range``), never from the maps being shown -- otherwise every
 image, good or not, is stretched to look equally anomalous.
 """
 
@@ -61,20 +61,6 @@ def _draw_overlay(ax, image, anomaly_map=None, gt_mask=None, vmin=None, vmax=Non
     if title:
         ax.set_title(title, fontsize=9)
     return artist
-
-
-def overlay(image, anomaly_map: np.ndarray, gt_mask: np.ndarray | None = None, *, vmin: float | None = None,
-            vmax: float | None = None, alpha: float = 0.5, title: str | None = None) -> Figure:
-    """One image with its heatmap blended on top and the ground-truth outline (green).
-
-    Args:
-        image: (3, H, W) in [0, 1]. anomaly_map: (H, W). gt_mask: (H, W) 0/1 or None.
-        vmin, vmax: heatmap colour range (from validation images); alpha: heatmap opacity.
-    """
-    fig, axes = _new_figure(1, 1, cell=4.0)
-    artist = _draw_overlay(axes[0, 0], image, anomaly_map, gt_mask, vmin, vmax, alpha, title)
-    fig.colorbar(artist, ax=axes[0, 0], shrink=0.8, label="anomaly score")
-    return fig
 
 
 def heatmap_gallery(images: Sequence, anomaly_maps: Sequence, gt_masks: Sequence | None = None,
