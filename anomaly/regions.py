@@ -82,3 +82,15 @@ def region_metrics(anomaly_maps: np.ndarray, gt_masks: np.ndarray, labels: np.nd
     return {"pixel_threshold": float(pixel_threshold), "gt_regions": int(n_gt), "gt_regions_hit": int(hit),
             "region_hit_rate": hit / n_gt if n_gt else None,
             "false_regions_per_good_image": false / n_good if n_good else None, "n_good_images": n_good}
+
+
+def scale_regions(regions: list[dict], from_hw: tuple[int, int], to_hw: tuple[int, int]) -> list[dict]:
+    """Regions found on a (h, w) map, expressed in the pixels of the (H, W) image it was resized from."""
+    sy, sx = to_hw[0] / from_hw[0], to_hw[1] / from_hw[1]
+    scaled = []
+    for r in regions:
+        x0, y0, x1, y1 = r["bbox"]
+        bbox = [int(x0 * sx), int(y0 * sy), min(int(np.ceil((x1 + 1) * sx)) - 1, to_hw[1] - 1),
+                min(int(np.ceil((y1 + 1) * sy)) - 1, to_hw[0] - 1)]
+        scaled.append({**r, "bbox": bbox, "area_px": int(round(r["area_px"] * sx * sy))})
+    return scaled

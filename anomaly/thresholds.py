@@ -27,7 +27,6 @@ import logging
 import math
 
 import numpy as np
-from scipy import stats
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +89,8 @@ def _order_index(n: int, alpha: float, estimator: str) -> int:
         return min(math.ceil((n + 1) * (1.0 - alpha) - 1e-12), n + 1)
     if estimator == "empirical":
         return max(1, math.ceil(n * (1.0 - alpha) - 1e-12))
+    from scipy import stats  # lazily: the CLI imports this module for its defaults
+
     ranks = np.arange(1, n + 1)  # conservative: P(FRR of the k-th <= alpha) = BetaCDF(alpha; n + 1 - k, k)
     ok = stats.beta.cdf(alpha, n + 1 - ranks, ranks) >= CONFIDENCE
     return int(ranks[ok][0]) if ok.any() else n + 1
@@ -112,6 +113,8 @@ def _tail_threshold(values: np.ndarray, alpha: float) -> float:
 
 def _fit_tail(excess: np.ndarray) -> tuple[float, float]:
     """(shape, scale) of a generalised Pareto fit to ``excess``; exponential (0, mean) when it fails."""
+    from scipy import stats
+
     mean = float(excess.mean())
     if excess.size >= 10 and mean > 0:
         try:

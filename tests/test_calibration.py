@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -79,3 +81,83 @@ def test_padim_crossfit_is_exact():
     torch.testing.assert_close(detector.mean, deployed.mean, rtol=1e-4, atol=1e-4)
     in_sample = detector.predict(images).image_scores
     assert out.image_scores.mean() > in_sample.mean()  # held-out images look less familiar
+
+
+# -- the pipeline and the CLI: calibration files, re-thresholding without refit, bad targets ----------
+CATEGORY = "screw_like"
+
+
+@pytest.fixture(scope="module")
+def padim_run(synthetic_root, tmp_path_factory):
+    from anomaly.pipeline import evaluate_run, fit_run
+
+    run_dir = fit_run(synthetic_root, CATEGORY, "padim", tmp_path_factory.mktemp("cal") / "padim",
+                      params={"image_size": 64, "n_features": 10}, device="cpu", batch_size=4, folds=3)
+    evaluate_run(run_dir, device="cpu")
+    return run_dir
+
+
+def test_run_records_how_it_was_calibrated(padim_run):
+    calibration = json.loads((padim_run / "calibration.json").read_text())
+    assert calibration["kind"] == "crossfit" and calibration["folds"] == 3 and calibration["n_scores"] == 12
+    threshold = json.loads((padim_run / "threshold.json").read_text())
+    assert threshold["estimator"] == "conformal" and threshold["target_frr"] == 0.05
+    assert threshold["n_scores"] == 12 and threshold["calibration"] == "crossfit"
+    assert not threshold["reachable"]  # (12 + 1) * 0.95 > 12: recorded, not hidden
+    assert threshold["pixel_threshold"] is not None
+    metrics = json.loads((padim_run / "metrics.json").read_text())
+    for key in ("target_frr", "frr", "recall", "frr_ci", "recall_ci", "escape_rate", "oracle_recall_at_frr"):
+        assert key in metrics, key
+    assert {"region_hit_rate", "false_regions_per_good_image"} <= set(metrics["regions"])
+
+
+def test_threshold_command_rederives_without_refit(padim_run, capsys):
+    from anomaly.cli import main
+
+    model = (padim_run / "model.pt").read_bytes()
+    before = json.loads((padim_run / "threshold.json").read_text())["threshold"]
+    capsys.readouterr()
+    assert main(["threshold", "--run-dir", str(padim_run), "--target-frr", "0.5", "--compare"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    after = json.loads((padim_run / "threshold.json").read_text())
+    assert after["target_frr"] == 0.5 and after["reachable"] and after["threshold"] < before
+    assert printed["threshold"]["threshold"] == after["threshold"]
+    assert [row["estimator"] for row in printed["compare"]] == ["conformal", "empirical", "conservative", "tail"]
+    metrics = json.loads((padim_run / "metrics.json").read_text())
+    assert metrics["target_frr"] == 0.5 and metrics["threshold"] == pytest.approx(after["threshold"])
+    assert (padim_run / "model.pt").read_bytes() == model  # no refit
+    from anomaly.pipeline import load_run
+
+    assert load_run(padim_run).threshold == pytest.approx(after["threshold"])  # the marker still holds
+
+
+@pytest.mark.parametrize("bad", ["0", "1", "-0.1", "1.5", "abc"])
+def test_bad_targets_are_refused_with_a_message(padim_run, bad, capsys, tmp_path):
+    from anomaly.cli import main
+
+    for argv in (["threshold", "--run-dir", str(padim_run), "--target-frr", bad],
+                 ["fit", "--method", "padim", "--data", str(tmp_path), "--category", "x", "--run-dir",
+                  str(tmp_path / "r"), "--target-frr", bad]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        assert "strictly between 0 and 1" in capsys.readouterr().err
+
+
+def test_fit_refuses_a_bad_target_in_python(synthetic_root, tmp_path):
+    from anomaly.pipeline import fit_run
+
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        fit_run(synthetic_root, CATEGORY, "padim", tmp_path / "r", params={"image_size": 64}, target_frr=1.0)
+    assert not (tmp_path / "r").exists()
+
+
+def test_predict_returns_regions(padim_run, synthetic_root):
+    from anomaly.pipeline import load_run, predict_paths
+
+    path = sorted((synthetic_root / CATEGORY / "test").glob("[!g]*/*.png"))[0]
+    record = predict_paths(load_run(padim_run), [path])[0]
+    assert isinstance(record["regions"], list)
+    for region in record["regions"]:
+        x0, y0, x1, y1 = region["bbox"]
+        assert 0 <= x0 <= x1 < 64 and 0 <= y0 <= y1 < 64 and region["area_px"] >= 1
