@@ -41,7 +41,8 @@ from anomaly import metrics as M
 from anomaly.models import Detector, Prediction, create_detector
 from anomaly.regions import find_regions
 from anomaly.runs import atomic_run_dir, check_run_dir, read_config, read_dict, read_metrics, read_threshold
-from anomaly.thresholds import DEFAULT_ESTIMATOR, DEFAULT_PIXEL_FPR, DEFAULT_TARGET_FRR, scores_at_threshold
+from anomaly.thresholds import (DEFAULT_ESTIMATOR, DEFAULT_PIXEL_FPR, DEFAULT_TARGET_FRR, check_decision,
+                               scores_at_threshold)
 from anomaly.utils import resolve_device, seed_everything, write_json
 
 logger = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ def fit_run(data: str | Path, category: str, method: str, run_dir: str | Path,
     if _has_field(method, "seed"):
         params.setdefault("seed", seed)
     detector = create_detector(method, params, device=dev)  # validates params before any work
-    C.decide({"kind": "check", "scores": [0.0]}, target_frr, estimator, pixel_fpr)  # refuses bad targets early
+    check_decision(target_frr, estimator, pixel_fpr)  # before any work
     n_folds = C.resolve_folds(detector, folds)
     val_fraction = (0.0 if n_folds else 0.1) if val_fraction is None else val_fraction
     splits = D.load_splits(data, category, val_fraction=val_fraction, seed=seed)

@@ -45,6 +45,15 @@ def check_rate(value: float, name: str = "target_frr") -> float:
     return float(value)
 
 
+def check_decision(target_frr: float, estimator: str, pixel_fpr: float | None = None) -> None:
+    """ValueError naming the argument unless the rates are in (0, 1) and the estimator is known."""
+    check_rate(target_frr)
+    if pixel_fpr is not None:
+        check_rate(pixel_fpr, "pixel_fpr")
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+
+
 def frr_threshold(scores: np.ndarray, target_frr: float = DEFAULT_TARGET_FRR,
                   estimator: str = DEFAULT_ESTIMATOR) -> dict:
     """Threshold that rejects about ``target_frr`` of good parts, from good calibration scores.
