@@ -53,3 +53,14 @@ def test_compare_estimators_rows():
     by = {r["estimator"]: r for r in rows}
     assert by["conservative"]["threshold"] >= by["empirical"]["threshold"]
     assert all(0.0 <= r["frr"] <= 0.15 for r in rows)
+
+
+def test_operating_point_figure_has_two_panels():
+    from anomaly.viz import operating_point_figure
+
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(20, int), np.ones(30, int)]
+    scores = np.r_[rng.normal(size=20), rng.normal(2.0, 1.0, size=30)]
+    metrics = {**operating_point_metrics(labels, scores, 1.5, 0.05), "threshold": 1.5}
+    fig = operating_point_figure(rng.normal(size=50), labels, scores, metrics)
+    assert len(fig.axes) == 2 and fig.axes[1].get_xlabel().startswith("false-reject rate")
