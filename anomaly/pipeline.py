@@ -139,6 +139,8 @@ def fit_run(data: str | Path, category: str, method: str, run_dir: str | Path,
     splits = D.load_splits(data, category, val_fraction=val_fraction, seed=seed)
     pool = splits.train + splits.validation if n_folds else splits.train  # cross-fit: every good image
     train = _subsample(pool, max_train, seed)
+    if folds is None and n_folds:
+        n_folds = min(n_folds, len(train))  # the default adapts to few-image fits (data-efficiency sweeps)
     if not n_folds:
         check_split_sizes(train, splits.validation, val_fraction)
     run_dir.mkdir(parents=True, exist_ok=True)
