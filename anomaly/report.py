@@ -195,7 +195,7 @@ def write_index(out_dir: Path, runs_dir: Path, jobs: Sequence[Job], about: str) 
             f"<h2>Notebooks</h2><table><tr><th>notebook</th><th></th><th></th><th>run time</th></tr>{rows}</table>"
             f"<p>Total run time of this build: {sum(seconds.values()) / 60:.1f} min.</p>"
             f"<h2>Test metrics</h2>{summary}"
-            f"<p>f1, precision and recall use the threshold fitted on good validation images; f1_max_oracle picks "
+            f"<p>f1, precision and recall use the threshold set from good training images only (calibration scores); f1_max_oracle picks "
             f"its threshold with the test labels (an upper bound, not a deployable result). fit_seconds and "
             f"predict_ms_per_image were measured on the machine that built the report.</p></body></html>\n")
     index = out_dir / "index.html"

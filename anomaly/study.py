@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from anomaly import data as D
 from anomaly import metrics as M
+from anomaly.calibration import map_summary, read_calibration
 from anomaly.runs import is_evaluated
 from anomaly.utils import make_config, read_json
 
@@ -70,11 +71,11 @@ def load_results(run_dir: str | Path) -> RunResults:
     with np.load(run_dir / "predictions.npz") as npz:
         predictions = {k: npz[k] for k in npz.files}
     predictions["anomaly_maps"] = predictions["anomaly_maps"].astype(np.float32)
-    thr = read_json(run_dir / "threshold.json")
-    q = thr["validation_map_quantiles"]
+    thr, calibration = read_json(run_dir / "threshold.json"), read_calibration(run_dir)
+    q = map_summary(calibration)
     metrics = read_json(run_dir / "metrics.json")
     return RunResults(run_dir, metrics["method"], predictions, metrics, float(thr["threshold"]),
-                      np.asarray(thr["validation_scores"]), (float(q["50"]), float(max(q["100"], q["50"] + 1e-8))))
+                      np.asarray(calibration["scores"]), (float(q["50"]), float(max(q["100"], q["50"] + 1e-8))))
 
 
 def metrics_table(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
@@ -103,7 +104,7 @@ def summarise_metrics(metrics: dict[str, Any]) -> str:
     lines = [f"**{m['method']}** on `{m['category']}` ({m['n_test_images']} test images):",
              f"- Image AUROC **{auroc:.3f}** ({verdict}): a random defective image outscores a random good one "
              f"{100 * auroc:.0f}% of the time.",
-             f"- At the threshold fitted on good validation images ({m['threshold']:.4g}): recall {m['recall']:.2f} "
+             f"- At the threshold set from good calibration images only ({m['threshold']:.4g}): recall {m['recall']:.2f} "
              f"({m['tp']} of {m['tp'] + m['fn']} defective caught), precision {m['precision']:.2f}, "
              f"{m['fp']} of {m['fp'] + m['tn']} good images falsely rejected; F1 {m['f1']:.3f}.",
              f"- The ORACLE F1-max (threshold picked with the test labels) is {m['f1_max_oracle']:.3f}: the gap of "
@@ -185,7 +186,7 @@ def _same_run(run_dir: str | Path, data: str | Path, category: str, method: str,
         return False
     config = read_json(run_dir / "config.json")
     defaults = {k: p.default for k, p in inspect.signature(fit_run).parameters.items()
-                if k in ("val_fraction", "batch_size", "threshold_method", "threshold_q", "threshold_k")}
+                if k in ("batch_size", "target_frr", "estimator", "pixel_fpr", "folds")}
     wanted = {"data": str(Path(data).resolve()), "category": category, "method": method, "seed": seed,
               "max_train": None, **defaults}
     if any(config.get(k) != v for k, v in wanted.items()):
@@ -222,7 +223,7 @@ def summarise_cases(results: RunResults, cases: dict[str, np.ndarray]) -> str:
     p, thr = results.predictions, results.threshold
     labels, flagged = p["labels"].astype(bool), p["image_scores"] >= thr
     missed = pd.Series(p["defect_types"][labels & ~flagged]).value_counts()
-    lines = [f"At the validation threshold {thr:.4g}, **{results.method}** catches {int((labels & flagged).sum())} of "
+    lines = [f"At the calibrated threshold {thr:.4g}, **{results.method}** catches {int((labels & flagged).sum())} of "
              f"{int(labels.sum())} defective images and falsely rejects {int((~labels & flagged).sum())} of "
              f"{int((~labels).sum())} good ones."]
     lines.append("- Missed defects by type: " + ", ".join(f"`{k}` {v}" for k, v in missed.items()) + "."
@@ -345,12 +346,13 @@ def summarise_fit(run_dir: str | Path) -> str:
     config, fit, thr = (read_json(run_dir / f) for f in ("config.json", "fit.json", "threshold.json"))
     model = read_json(run_dir / "model.json")
     state = fitted_state_table(run_dir)
-    val = np.asarray(thr["validation_scores"])
-    rule = f"{thr['q']:g}-quantile" if thr["method"] == "quantile" else f"mean + {thr['k']:g} std"
+    calibration = read_calibration(run_dir)
+    val = np.asarray(calibration["scores"])
+    rule = f"{thr.get('estimator', 'conformal')} threshold for a {thr.get('target_frr', 0.05):g} false-reject rate"
     lines = [f"- **{config['method']}** fitted on {fit['n_train']} good `{config['category']}` images at "
              f"{model['config']['image_size']} px in {fit['fit_seconds']:.1f} s on {config['device']}; the saved "
              f"state holds {state['values'].sum():,} numbers ({state['MiB'].sum():.1f} MiB).",
-             f"- Threshold {thr['threshold']:.4g}: the {rule} of {len(val)} good validation scores "
+             f"- Threshold {thr['threshold']:.4g}: the {rule} from {len(val)} good {calibration['kind']} scores "
              f"(range {val.min():.4g} .. {val.max():.4g}); no test image was used."]
     lines += _feature_lines(model["config"], state, fit["n_train"])
     history = fit.get("history") or []
