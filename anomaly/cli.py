@@ -70,7 +70,8 @@ def cmd_synth(args: argparse.Namespace) -> None:
     from anomaly.synthetic import generate_dataset
 
     out = generate_dataset(Path(args.out), seed=args.seed, image_size=args.image_size, n_train=args.n_train,
-                           n_test_good=args.n_test_good, n_per_defect=args.n_per_defect)
+                           n_test_good=args.n_test_good, n_per_defect=args.n_per_defect,
+                           categories=args.categories.split(","))
     print(out)
 
 
@@ -173,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-train", type=int, default=200)
     p.add_argument("--n-test-good", type=int, default=40)
     p.add_argument("--n-per-defect", type=int, default=15)
+    p.add_argument("--categories", default="screw_like,texture", help="comma-separated; also screw_aligned (pose fixed)")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("fit", help="fit a detector on train/good and write a run folder")

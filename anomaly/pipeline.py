@@ -43,6 +43,7 @@ from anomaly.regions import find_regions
 from anomaly.runs import atomic_run_dir, check_run_dir, read_config, read_dict, read_metrics, read_threshold
 from anomaly.thresholds import (DEFAULT_ESTIMATOR, DEFAULT_PIXEL_FPR, DEFAULT_TARGET_FRR, check_decision,
                                scores_at_threshold)
+from anomaly.uncertainty import uncertainty_metrics
 from anomaly.utils import resolve_device, seed_everything, write_json
 
 logger = logging.getLogger(__name__)
@@ -216,11 +217,12 @@ def evaluation_metrics(out: dict[str, np.ndarray], samples: Sequence[D.Sample | 
 
 
 def compute_metrics(out: dict[str, np.ndarray], samples: Sequence[D.Sample | str], threshold: float) -> dict[str, Any]:
-    """Ranking metrics, the oracle F1-max, and precision/recall/F1 (overall and per defect type) at ``threshold``."""
+    """Ranking metrics with bootstrap intervals, the oracle F1-max, and precision/recall/F1 (overall, per defect
+    type and by defect size) at ``threshold``."""
     result: dict[str, Any] = {}
     result.update(ranking_metrics(out))
     result.update(scores_at_threshold(out["labels"], out["image_scores"], threshold))
-    result.update(per_defect_type(out, samples, threshold))
+    result.update(uncertainty_metrics(out, samples, threshold))  # intervals, per type and by size, flag-all F1
     return result
 
 
@@ -232,20 +234,6 @@ def ranking_metrics(out: dict[str, np.ndarray]) -> dict[str, Any]:
     return {"image_auroc": M.image_auroc(labels, scores), "pixel_auroc": M.pixel_auroc(masks, maps),
             "aupro": M.aupro(masks, maps), "f1_max_oracle": f1, "f1_max": f1,  # same number, the issue's key name
             "n_test_images": int(len(labels))}
-
-
-def per_defect_type(out: dict[str, np.ndarray], samples: Sequence[D.Sample | str], threshold: float) -> dict:
-    """``{"per_defect_type": {name: {n, image_auroc (vs all good), recall_at_threshold}}}``."""
-    labels, scores = out["labels"], out["image_scores"]
-    defect_types = np.array([getattr(s, "defect_type", s) for s in samples])
-    good = defect_types == "good"
-    per_type = {}
-    for name in sorted(set(defect_types) - {"good"}):
-        keep = good | (defect_types == name)
-        per_type[name] = {"n": int((defect_types == name).sum()),
-                          "image_auroc": M.image_auroc(labels[keep], scores[keep]),
-                          "recall_at_threshold": float((scores[defect_types == name] >= threshold).mean())}
-    return {"per_defect_type": per_type}
 
 
 def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
