@@ -72,12 +72,12 @@ def comparison_table(results: Sequence[Any], margins: dict[str, dict[str, dict[s
             pix = margins.get(r.method, {}).get("aupro")
             row[f"AUPRO@0.3 margin over {base.method}"] = fmt_ci(pix["margin"], pix["ci"], signed=True) if pix else ""
         row["F1-max (oracle)"] = f"{m['f1_max_oracle']:.3f}"
-        row["F1 at validation threshold (P / R)"] = f"{m['f1']:.2f} ({m['precision']:.2f} / {m['recall']:.2f})"
+        row["F1 at calibrated threshold (P / R)"] = f"{m['f1']:.2f} ({m['precision']:.2f} / {m['recall']:.2f})"
         rows[r.method] = row
     labels = results[0].predictions["labels"]
     flag_all, rate = M.f1_flag_all(labels), float(np.mean(labels))
     rows["flag every part"] = {"F1-max (oracle)": f"{flag_all:.3f}",
-                               "F1 at validation threshold (P / R)": f"{flag_all:.2f} ({rate:.2f} / 1.00)"}
+                               "F1 at calibrated threshold (P / R)": f"{flag_all:.2f} ({rate:.2f} / 1.00)"}
     return pd.DataFrame.from_dict(rows, orient="index").fillna("").rename_axis("method")
 
 
@@ -103,7 +103,7 @@ def answer_paragraph(results: Sequence[Any], margins: dict[str, dict[str, dict[s
             text.append(_margin_sentence(r.method, margins.get(r.method, {}), base.method))
     flag_all = M.f1_flag_all(labels)
     text.append(f"Flagging every part already gives F1 {flag_all:.3f}; {best.method}'s oracle F1-max is "
-                f"{b['f1_max_oracle']:.3f} and its F1 at the threshold set on good validation images "
+                f"{b['f1_max_oracle']:.3f} and its F1 at the threshold set from good training images only "
                 f"{b['f1']:.3f} (recall {b['recall']:.2f}, precision {b['precision']:.2f}).")
     return " ".join(text)
 

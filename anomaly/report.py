@@ -26,8 +26,8 @@ import papermill
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+REPO_ROOT = Path(__file__).resolve().parents[1]  # the source checkout, when the package runs from one
+PACKAGED_NOTEBOOKS = Path(__file__).resolve().parent / "notebooks"  # where a wheel installs them (package data)
 KERNEL = "python3"
 METHODS = ("intensity", "autoencoder", "padim", "patchcore")  # intensity: the no-learning baseline
 PER_METHOD = ("02_training", "03_evaluation")  # executed once per method
@@ -95,14 +95,14 @@ def build_report(out_dir: Path, data: str | Path | None = None, category: str = 
 
 
 def run_jobs(jobs: Sequence[Job], out_dir: Path) -> None:
-    """Execute each job with papermill (cwd = repository root), export HTML, log the elapsed time."""
+    """Execute each job with papermill (cwd = the source checkout, else the current directory), export HTML."""
     for i, job in enumerate(jobs, 1):
         logger.info("[%d/%d] %s ...", i, len(jobs), job.stem)
         start = time.perf_counter()
         target = out_dir / f"{job.stem}.ipynb"
         try:
             papermill.execute_notebook(str(job.source), str(target), parameters=job.parameters, kernel_name=KERNEL,
-                                       language="python", cwd=str(REPO_ROOT), progress_bar=False)
+                                       language="python", cwd=str(source_checkout() or Path.cwd()), progress_bar=False)
         except papermill.PapermillExecutionError:
             logger.error("[%d/%d] %s FAILED after %.1f s; executed copy: %s", i, len(jobs), job.stem,
                          time.perf_counter() - start, target)
@@ -112,9 +112,29 @@ def run_jobs(jobs: Sequence[Job], out_dir: Path) -> None:
         logger.info("[%d/%d] %s done in %.1f s", i, len(jobs), job.stem, job.seconds)
 
 
+def source_checkout() -> Path | None:
+    """The repository root when the package runs from a source checkout (notebooks run there), else None."""
+    return REPO_ROOT if (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "notebooks").is_dir() else None
+
+
+def notebook_dir() -> Path:
+    """The notebook sources: ``notebooks/`` of the source checkout, else the copy installed with the package.
+
+    Raises:
+        FileNotFoundError: neither holds a ``NN_name.ipynb`` notebook (the message names both places).
+    """
+    checkout = source_checkout()
+    candidates = ([checkout / "notebooks"] if checkout else []) + [PACKAGED_NOTEBOOKS]
+    for folder in candidates:
+        if any(folder.glob("[0-9][0-9]_*.ipynb")):
+            return folder
+    raise FileNotFoundError(f"no report notebooks (NN_name.ipynb) in {' or '.join(map(str, candidates))}: "
+                            f"reinstall the package (`pip install anomaly`) or run from a source checkout")
+
+
 def select_notebooks(names: Sequence[str] | None) -> list[Path]:
     """Notebook sources in order; ``names`` are prefixes (``"03"``) or full stems."""
-    available = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+    available = sorted(notebook_dir().glob("[0-9][0-9]_*.ipynb"))
     if not names:
         return available
     chosen = []
@@ -199,7 +219,7 @@ def _evidence_html(run_dirs: Sequence[Path], out_dir: Path) -> str:
             f"<h2>The same test images under each method</h2>"
             f"<img src='figures/examples.png' alt='example heatmaps, one column per method'>"
             f"<h2>Test metrics (95 % bootstrap intervals; margins over the no-learning baseline)</h2>{table}"
-            f"<p>F1 at the validation threshold uses a threshold fitted on good validation images; F1-max (oracle) "
+            f"<p>F1 at the calibrated threshold uses a threshold set from good training images only (out-of-sample calibration scores); F1-max (oracle) "
             f"picks its threshold with the test labels (an upper bound). 'flag every part' is the F1 of calling "
             f"every part defective. A margin is a real difference only when its interval excludes 0.</p>")
 
@@ -212,9 +232,9 @@ def _markdown_inline(text: str) -> str:
 
 
 def _rel(path: str | Path) -> str:
-    """``path`` relative to the repository root when inside it (notebooks run there), else absolute."""
-    resolved = Path(path).resolve()
-    return str(resolved.relative_to(REPO_ROOT)) if resolved.is_relative_to(REPO_ROOT) else str(resolved)
+    """``path`` relative to the source checkout when inside it (notebooks run there), else absolute."""
+    resolved, root = Path(path).resolve(), source_checkout()
+    return str(resolved.relative_to(root)) if root and resolved.is_relative_to(root) else str(resolved)
 
 
 @contextlib.contextmanager

@@ -22,13 +22,14 @@ from tqdm.auto import tqdm
 
 from anomaly import data as D
 from anomaly import metrics as M
+from anomaly.calibration import map_summary, read_calibration
 from anomaly.runs import is_evaluated
 from anomaly.utils import make_config, read_json
 
 
 @dataclass
 class RunResults:
-    """What a run folder holds after ``evaluate_run``: predictions, metrics and the validation threshold."""
+    """What a run folder holds after ``evaluate_run``: predictions, metrics and the calibrated threshold."""
 
     run_dir: Path
     method: str
@@ -70,11 +71,11 @@ def load_results(run_dir: str | Path) -> RunResults:
     with np.load(run_dir / "predictions.npz") as npz:
         predictions = {k: npz[k] for k in npz.files}
     predictions["anomaly_maps"] = predictions["anomaly_maps"].astype(np.float32)
-    thr = read_json(run_dir / "threshold.json")
-    q = thr["validation_map_quantiles"]
+    thr, calibration = read_json(run_dir / "threshold.json"), read_calibration(run_dir)
+    q = map_summary(calibration)
     metrics = read_json(run_dir / "metrics.json")
     return RunResults(run_dir, metrics["method"], predictions, metrics, float(thr["threshold"]),
-                      np.asarray(thr["validation_scores"]), (float(q["50"]), float(max(q["100"], q["50"] + 1e-8))))
+                      np.asarray(calibration["scores"]), (float(q["50"]), float(max(q["100"], q["50"] + 1e-8))))
 
 
 def metrics_table(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
@@ -112,14 +113,14 @@ def summarise_metrics(metrics: dict[str, Any]) -> str:
     lines = [f"**{m['method']}** on `{m['category']}` ({m['n_test_images']} test images):",
              f"- Image AUROC **{auroc:.3f}** (95 % bootstrap interval {ci[0]:.3f}-{ci[1]:.3f}; {verdict}): a random "
              f"defective image outscores a random good one {100 * auroc:.0f}% of the time.",
-             f"- At the threshold fitted on good validation images ({m['threshold']:.4g}): recall {m['recall']:.2f} "
+             f"- At the threshold set from good calibration images only ({m['threshold']:.4g}): recall {m['recall']:.2f} "
              f"({m['tp']} of {m['tp'] + m['fn']} defective caught), precision {m['precision']:.2f}, "
              f"{m['fp']} of {m['fp'] + m['tn']} good images falsely rejected; F1 {m['f1']:.3f}.",
              f"- Flagging every part, with no model at all, gives F1 {flag_all:.3f} (recall 1, precision = the test "
              f"set's defect rate). The ORACLE F1-max (threshold picked with the test labels) is "
              f"{m['f1_max_oracle']:.3f}, {m['f1_max_oracle'] - flag_all:+.3f} over that floor"
              + (": the ranking adds little beyond it." if m['f1_max_oracle'] - flag_all < 0.02 else ".")
-             + f" The honest F1 at the validation threshold is {m['f1']:.3f}.",
+             + f" The honest F1 at the calibrated threshold is {m['f1']:.3f}.",
              f"- Localisation: pixel AUROC {m['pixel_auroc']:.3f}, AUPRO@0.3 {m['aupro']:.3f}, AUPRO@0.05 "
              f"{m.get('aupro_fpr05', np.nan):.3f} (AUPRO weights every defect region equally; the 0.05 limit only "
              f"credits maps that flag few good pixels)."]
@@ -144,7 +145,7 @@ def summarise_comparison(table: pd.DataFrame, margins: dict[str, Any] | None = N
         lines.append(f"- Flagging every part gives F1 {table['f1_flag_all'].dropna().iloc[0]:.3f}; oracle F1-max per "
                      "method: " + ", ".join(f"{k} {v:.3f}" for k, v in table["f1_max_oracle"].items()) + ".")
     for column, label in (("image_auroc", "detection (image AUROC)"), ("pixel_auroc", "localisation (pixel AUROC)"),
-                          ("aupro", "region overlap (AUPRO@0.3)"), ("f1", "F1 at the validation threshold")):
+                          ("aupro", "region overlap (AUPRO@0.3)"), ("f1", "F1 at the calibrated threshold")):
         ranked = table[column].sort_values(ascending=False)
         others = ", ".join(f"{k} {v:.3f}" for k, v in ranked.iloc[1:].items())
         lines.append(f"- Best {label}: **{ranked.index[0]}** ({ranked.iloc[0]:.3f}){'; ' + others if others else ''}.")
@@ -215,7 +216,7 @@ def _same_run(run_dir: str | Path, data: str | Path, category: str, method: str,
         return False
     config = read_json(run_dir / "config.json")
     defaults = {k: p.default for k, p in inspect.signature(fit_run).parameters.items()
-                if k in ("val_fraction", "batch_size", "threshold_method", "threshold_q", "threshold_k")}
+                if k in ("batch_size", "target_frr", "estimator", "pixel_fpr", "folds")}
     wanted = {"data": str(Path(data).resolve()), "category": category, "method": method, "seed": seed,
               "max_train": None, **defaults}
     if any(config.get(k) != v for k, v in wanted.items()):
@@ -255,7 +256,7 @@ def summarise_cases(results: RunResults, cases: dict[str, np.ndarray]) -> str:
     p, thr = results.predictions, results.threshold
     labels, flagged = p["labels"].astype(bool), p["image_scores"] >= thr
     missed = pd.Series(p["defect_types"][labels & ~flagged]).value_counts()
-    lines = [f"At the validation threshold {thr:.4g}, **{results.method}** catches {int((labels & flagged).sum())} of "
+    lines = [f"At the calibrated threshold {thr:.4g}, **{results.method}** catches {int((labels & flagged).sum())} of "
              f"{int(labels.sum())} defective images and falsely rejects {int((~labels & flagged).sum())} of "
              f"{int((~labels).sum())} good ones."]
     lines.append("- Missed defects by type: " + ", ".join(f"`{k}` {v}" for k, v in missed.items()) + "."
@@ -374,17 +375,18 @@ def fitted_state_table(run_dir: str | Path) -> pd.DataFrame:
 
 
 def summarise_fit(run_dir: str | Path) -> str:
-    """Markdown: what the run fitted, on how many images, how long it took, and its validation threshold."""
+    """Markdown: what the run fitted, on how many images, how long it took, and its calibrated threshold."""
     run_dir = Path(run_dir)
     config, fit, thr = (read_json(run_dir / f) for f in ("config.json", "fit.json", "threshold.json"))
     model = read_json(run_dir / "model.json")
     state = fitted_state_table(run_dir)
-    val = np.asarray(thr["validation_scores"])
-    rule = f"{thr['q']:g}-quantile" if thr["method"] == "quantile" else f"mean + {thr['k']:g} std"
+    calibration = read_calibration(run_dir)
+    val = np.asarray(calibration["scores"])
+    rule = f"{thr.get('estimator', 'conformal')} threshold for a {thr.get('target_frr', 0.05):g} false-reject rate"
     lines = [f"- **{config['method']}** fitted on {fit['n_train']} good `{config['category']}` images at "
              f"{model['config']['image_size']} px in {fit['fit_seconds']:.1f} s on {config['device']}; the saved "
              f"state holds {state['values'].sum():,} numbers ({state['MiB'].sum():.1f} MiB).",
-             f"- Threshold {thr['threshold']:.4g}: the {rule} of {len(val)} good validation scores "
+             f"- Threshold {thr['threshold']:.4g}: the {rule} from {len(val)} good {calibration['kind']} scores "
              f"(range {val.min():.4g} .. {val.max():.4g}); no test image was used."]
     lines += _feature_lines(model["config"], state, fit["n_train"])
     history = fit.get("history") or []

@@ -38,7 +38,7 @@ def uncertainty_metrics(out: dict[str, np.ndarray], samples: Sequence[Any], thre
     result["aupro_fpr05"] = M.aupro(masks, maps, fpr_limit=0.05)
     result["f1_flag_all"] = M.f1_flag_all(labels)
     result["by_defect_size"] = M.detection_by_size(labels, scores, masks, threshold)
-    defect_types = np.array([s.defect_type for s in samples])
+    defect_types = np.array([getattr(s, "defect_type", s) for s in samples])  # samples or their defect types
     per_type = {}
     for name in sorted(set(defect_types) - {"good"}):
         keep = (defect_types == "good") | (defect_types == name)

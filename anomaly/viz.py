@@ -6,7 +6,7 @@ are freed when dropped. Images are ``(3, H, W)`` tensors/arrays in [0, 1] (or ``
 ``(H, W)``); anomaly maps are ``(H, W)``; ground-truth masks ``(H, W)`` of 0/1.
 
 Heatmap colour ranges (``vmin``/``vmax``) should come from validation GOOD images
-(``report.RunResults.display_range``), never from the maps being shown -- otherwise every
+(``study.RunResults.display_range``), never from the maps being shown -- otherwise every
 image, good or not, is stretched to look equally anomalous.
 """
 
@@ -61,20 +61,6 @@ def _draw_overlay(ax, image, anomaly_map=None, gt_mask=None, vmin=None, vmax=Non
     if title:
         ax.set_title(title, fontsize=9)
     return artist
-
-
-def overlay(image, anomaly_map: np.ndarray, gt_mask: np.ndarray | None = None, *, vmin: float | None = None,
-            vmax: float | None = None, alpha: float = 0.5, title: str | None = None) -> Figure:
-    """One image with its heatmap blended on top and the ground-truth outline (green).
-
-    Args:
-        image: (3, H, W) in [0, 1]. anomaly_map: (H, W). gt_mask: (H, W) 0/1 or None.
-        vmin, vmax: heatmap colour range (from validation images); alpha: heatmap opacity.
-    """
-    fig, axes = _new_figure(1, 1, cell=4.0)
-    artist = _draw_overlay(axes[0, 0], image, anomaly_map, gt_mask, vmin, vmax, alpha, title)
-    fig.colorbar(artist, ax=axes[0, 0], shrink=0.8, label="anomaly score")
-    return fig
 
 
 def heatmap_gallery(images: Sequence, anomaly_maps: Sequence, gt_masks: Sequence | None = None,
@@ -361,6 +347,48 @@ def save_heatmap_png(image, anomaly_map: np.ndarray, path: str | Path, vmin: flo
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(heatmap_png_bytes(image, anomaly_map, vmin, vmax, alpha))
     return path
+
+
+def operating_point_figure(calibration_scores: np.ndarray, labels: np.ndarray, scores: np.ndarray,
+                           metrics: Mapping) -> Figure:
+    """The operating point: calibration vs test scores with the threshold, and the FRR-recall trade-off.
+
+    Args:
+        calibration_scores: (n,) out-of-sample scores of good TRAINING images (what set the threshold).
+        labels: (N,) test labels. scores: (N,) test scores.
+        metrics: ``metrics.json`` (``threshold, target_frr, frr, frr_ci, recall, recall_ci``).
+
+    Returns:
+        Left: histograms of calibration, test-good and test-defective scores and the threshold.
+        Right: recall vs false-reject rate over all thresholds (an ORACLE curve: it uses test labels)
+        with the target FRR and the realised point with its 95 % Wilson intervals.
+    """
+    cal, labels, scores = (np.asarray(a, dtype=np.float64) for a in (calibration_scores, labels, scores))
+    threshold = float(metrics["threshold"])
+    fig, axes = _new_figure(1, 2, cell=4.5)
+    ax = axes[0, 0]
+    edges = np.histogram_bin_edges(np.concatenate([cal, scores, [threshold]]), bins=40)
+    for values, colour, name in ((cal, "tab:blue", "calibration good (train, out-of-sample)"),
+                                 (scores[labels == 0], "tab:green", "test good"),
+                                 (scores[labels == 1], "tab:red", "test defective")):
+        ax.hist(values, bins=edges, density=True, alpha=0.45, color=colour, label=f"{name} (n={len(values)})")
+    ax.axvline(threshold, color="black", linewidth=1.5, label=f"threshold {threshold:.4g}")
+    ax.set(xlabel="image anomaly score", ylabel="density", title="scores")
+    ax.legend(fontsize=7)
+    ax = axes[0, 1]
+    fpr, tpr = M.roc_curve_points(labels.astype(int), scores)
+    ax.plot(fpr, tpr, color="purple", label="all thresholds (ORACLE: test labels)")
+    if metrics.get("target_frr") is not None:
+        ax.axvline(metrics["target_frr"], color="grey", linestyle="--", label=f"target FRR {metrics['target_frr']:g}")
+    frr, recall = metrics["frr"], metrics["recall"]
+    xerr = np.abs(np.array(metrics["frr_ci"])[:, None] - frr)
+    yerr = np.abs(np.array(metrics["recall_ci"])[:, None] - recall)
+    ax.errorbar([frr], [recall], xerr=xerr, yerr=yerr, fmt="o", color="black", capsize=3,
+                label=f"realised: FRR {frr:.3f}, recall {recall:.3f} (95 % CI)")
+    ax.set(xlabel="false-reject rate (good parts rejected)", ylabel="recall (defects caught)",
+           xlim=(0, max(0.3, 2 * frr)), ylim=(0, 1.02), title="false rejects vs escapes")
+    ax.legend(fontsize=7, loc="lower right")
+    return fig
 
 
 def patch_pair_figure(test_image, test_cell: tuple[int, int], good_image, good_cell: tuple[int, int], cell_px: int,

@@ -42,15 +42,6 @@ def test_to_display_accepts_chw_tensor_hwc_and_gray():
     assert viz.to_display(np.ones((H, W)) * 2).max() == 1.0  # clipped to [0, 1]
 
 
-def test_overlay_has_image_and_colorbar():
-    mask = np.zeros((H, W))
-    mask[5:10, 5:10] = 1
-    fig = viz.overlay(torch.rand(3, H, W), np.random.rand(H, W), mask, vmin=0, vmax=1, title="x")
-    assert isinstance(fig, Figure)
-    assert len(_image_axes(fig)) == 1 and len(fig.axes) == 2
-    assert _image_axes(fig)[0].get_title() == "x"
-
-
 @pytest.mark.parametrize("n, ncols, shown", [(5, 4, 8 + 1), (2, 4, 2 + 1), (0, 4, 1)])  # + the colour bar
 def test_heatmap_gallery_grid(n, ncols, shown):
     fig = viz.heatmap_gallery(torch.rand(n, 3, H, W), np.random.rand(n, H, W), np.zeros((n, H, W)),
