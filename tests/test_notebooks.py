@@ -87,9 +87,9 @@ def test_plan_runs_training_and_evaluation_once_per_method():
     jobs = plan_jobs(select_notebooks(["02", "03", "05"]), "d", "c", "runs", "synthetic", {"image_size": 96})
     assert [j.stem for j in jobs] == [f"02_training_{m}" for m in METHODS] + [
         f"03_evaluation_{m}" for m in METHODS] + ["05_method_comparison"]
-    assert [j.parameters["run_dir"] for j in jobs[:3]] == [f"runs/{m}" for m in METHODS]
+    assert [j.parameters["run_dir"] for j in jobs[:len(METHODS)]] == [f"runs/{m}" for m in METHODS]
     assert all(j.parameters["image_size"] == 96 for j in jobs if "image_size" in j.parameters)
-    assert "image_size" not in jobs[3].parameters  # 03 has no such parameter: not injected
+    assert "image_size" not in jobs[len(METHODS)].parameters  # 03 has no such parameter: not injected
 
 
 def test_training_run_dir_follows_method(tmp_path, synthetic_root):
@@ -98,12 +98,12 @@ def test_training_run_dir_follows_method(tmp_path, synthetic_root):
     import papermill
 
     from anomaly.explain import run_dir_for
-    from anomaly.report import NOTEBOOK_DIR
+    from anomaly.report import notebook_dir
 
     assert [run_dir_for(m) for m in METHODS] == [f"weights/report/{m}" for m in METHODS]
     assert run_dir_for("padim", "mine") == "mine"
-    assert papermill.inspect_notebook(str(NOTEBOOK_DIR / "02_training.ipynb"))["run_dir"]["default"] == "None"
-    papermill.execute_notebook(str(NOTEBOOK_DIR / "02_training.ipynb"), str(tmp_path / "02.ipynb"), kernel_name="python3",
+    assert papermill.inspect_notebook(str(notebook_dir() / "02_training.ipynb"))["run_dir"]["default"] == "None"
+    papermill.execute_notebook(str(notebook_dir() / "02_training.ipynb"), str(tmp_path / "02.ipynb"), kernel_name="python3",
                                parameters={"data": str(synthetic_root), "method": "intensity", "image_size": 64},
                                cwd=str(tmp_path), progress_bar=False)
     assert (tmp_path / "weights" / "report" / "intensity" / "model.json").is_file()
