@@ -181,3 +181,39 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
         if value.is_floating_point() and not torch.isfinite(value).all():
             raise ValueError(f"{path}: tensor {key!r} holds NaN or infinite values")
     return state
+
+
+# -- cross-fitting (out-of-sample scores of the training images) -------------------------------------
+def fold_ids(n: int, folds: int, seed: int = 0) -> np.ndarray:
+    """(n,) fold of every training image: a seeded permutation dealt round-robin into ``folds`` folds."""
+    if not 2 <= folds <= n:
+        raise ValueError(f"cross-fitting needs 2 <= folds <= the number of training images ({n}), got {folds}")
+    ids = np.empty(n, dtype=np.int64)
+    ids[np.random.default_rng(seed).permutation(n)] = np.arange(n) % folds
+    return ids
+
+
+def score_by_fold(detector: Detector, loader: DataLoader, ids: np.ndarray, activate: Any) -> Prediction:
+    """Score every image of ``loader`` with the state of its fold, in dataset-index order.
+
+    Args:
+        detector: a detector whose ``predict`` uses the state ``activate(fold)`` installs.
+        loader: dict batches with ``image`` (B, 3, S, S) and ``index`` (B,) dataset indices.
+        ids: (n,) fold of every dataset index (:func:`fold_ids`).
+        activate: ``activate(fold)`` installs the state fitted WITHOUT that fold.
+
+    Returns:
+        Prediction with scores (n,) and maps (n, S, S), row i = dataset index i.
+    """
+    scores: dict[int, float] = {}
+    maps: dict[int, np.ndarray] = {}
+    for batch in loader:
+        index = np.asarray(batch["index"])  # (B,)
+        for fold in np.unique(ids[index]):
+            rows = np.flatnonzero(ids[index] == fold)
+            activate(int(fold))
+            out = detector.predict(batch["image"][torch.as_tensor(rows)])
+            for r, s, m in zip(index[rows], out.image_scores, out.anomaly_maps):
+                scores[int(r)], maps[int(r)] = float(s), m
+    order = sorted(scores)
+    return Prediction(np.array([scores[i] for i in order], dtype=np.float32), np.stack([maps[i] for i in order]))

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from anomaly.features import DEFAULT_BACKBONE, FeatureExtractor
-from anomaly.models.base import Detector
+from anomaly.models.base import Detector, Prediction, fold_ids, score_by_fold
 from anomaly.models.coreset import torch_threads
 from anomaly.models.postprocess import gaussian_blur, resize_images, upsample_maps
 
@@ -168,6 +168,59 @@ class PaDiM(Detector):
         self.mean, self.inv_covariance = gaussian_parameters(shift[:, 0], total, outer, n, self.config.eps)
         logger.info("PaDiM: Gaussians at %d positions over %d channels from %d images",
                     self.mean.shape[0], self.mean.shape[1], n)
+
+    def fit_crossfit(self, train_loader: DataLoader, folds: int = 5, seed: int = 0) -> Prediction:
+        """Fit on all images AND return each image's score from the Gaussians fitted without its fold.
+
+        Exact and cheap: one pass accumulates per-fold sums and sums of outer products; the
+        statistics without fold f are the totals minus fold f's (same shift, so nothing is refitted).
+        A second pass scores every image with its held-out Gaussians.
+
+        Args:
+            train_loader: dict batches with ``image`` and ``index``; every dataset image once.
+            folds: number of folds (>= 2). seed: seeds the fold assignment.
+
+        Returns:
+            Prediction: out-of-sample scores (n,) and maps (n, S, S) in dataset-index order.
+        """
+        ids = fold_ids(len(train_loader.dataset), folds, seed)
+        shift, totals, outers, counts = self._fold_sums(train_loader, ids, folds)
+        total, outer, n = sum(totals), sum(outers), int(sum(counts))
+        params = []
+        for f in range(folds):
+            if n - counts[f] < 2:
+                raise ValueError(f"fold {f} leaves {n - counts[f]} image(s) to fit; PaDiM needs at least 2")
+            params.append(gaussian_parameters(shift, total - totals[f], outer - outers[f], n - counts[f],
+                                              self.config.eps))
+            outers[f] = None  # free (P, d, d) as we go
+        self.mean, self.inv_covariance = gaussian_parameters(shift, total, outer, n, self.config.eps)
+        deployed = (self.mean, self.inv_covariance)
+
+        def activate(fold: int) -> None:
+            self.mean, self.inv_covariance = params[fold]
+
+        out = score_by_fold(self, train_loader, ids, activate)
+        self.mean, self.inv_covariance = deployed
+        return out
+
+    @torch.inference_mode()
+    def _fold_sums(self, loader: DataLoader, ids, folds: int) -> tuple:
+        """Shift (P, d), per-fold sums [(P, d)], outer-product sums [(P, d, d)] and image counts."""
+        shift, totals, outers, counts = None, [], [], [0] * folds
+        for batch in tqdm(loader, desc="padim fold statistics", leave=False):
+            x, _ = self._features(batch["image"].to(self.device))  # (P, B, d)
+            if shift is None:
+                shift = x.mean(1)  # (P, d)
+                totals = [torch.zeros_like(shift) for _ in range(folds)]
+                outers = [x.new_zeros(x.shape[0], x.shape[2], x.shape[2]) for _ in range(folds)]
+            x = x - shift[:, None]
+            fold_of = ids[batch["index"].numpy()]  # (B,)
+            for f in set(fold_of.tolist()):
+                xf = x[:, torch.as_tensor(fold_of == f, device=x.device)]  # (P, b, d)
+                totals[f] += xf.sum(1)
+                outers[f] += xf.transpose(1, 2) @ xf
+                counts[f] += xf.shape[1]
+        return shift, totals, outers, counts
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         if self.mean is None:

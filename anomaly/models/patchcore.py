@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from anomaly.features import DEFAULT_BACKBONE, FeatureExtractor
-from anomaly.models.base import Detector
+from anomaly.models.base import Detector, Prediction, fold_ids, score_by_fold
 from anomaly.models.coreset import GreedyCoresetSampler, RandomSampler
 from anomaly.models.postprocess import gaussian_blur, resize_images, upsample_maps
 
@@ -184,6 +184,53 @@ class PatchCore(Detector):
             return RandomSampler(cfg.coreset_ratio, seed=cfg.seed, minimum=cfg.coreset_min_size)
         return GreedyCoresetSampler(cfg.coreset_ratio, cfg.projection_dim, cfg.num_starting_points, seed=cfg.seed,
                                     minimum=cfg.coreset_min_size)
+
+    # -- cross-fit -------------------------------------------------------------------------------
+    def fit_crossfit(self, train_loader: DataLoader, folds: int = 5, seed: int = 0) -> Prediction:
+        """Fit on all images AND return each image's score from a bank built without its fold.
+
+        Features are extracted once; for every fold the coreset runs over the OTHER folds' patches
+        only, so an image's own patches are never in the bank that scores it. A second pass scores
+        every image with its fold's bank.
+
+        Args:
+            train_loader: dict batches with ``image`` and ``index``; every dataset image once.
+            folds: number of folds (>= 2). seed: seeds the fold assignment.
+
+        Returns:
+            Prediction: out-of-sample scores (n,) and maps (n, S, S) in dataset-index order.
+        """
+        ids = fold_ids(len(train_loader.dataset), folds, seed)
+        feats = self._features_by_image(train_loader)  # (n, P, C)
+        banks = [self._bank(feats[torch.as_tensor(ids != f)].flatten(0, 1)) for f in range(folds)]
+        self.memory_bank = self._bank(feats.flatten(0, 1))
+        deployed = self.memory_bank
+        del feats
+
+        def activate(fold: int) -> None:
+            self.memory_bank = banks[fold]
+
+        out = score_by_fold(self, train_loader, ids, activate)
+        self.memory_bank = deployed
+        logger.info("cross-fit: %d folds, banks of %s patches", folds, [len(b) for b in banks])
+        return out
+
+    @torch.inference_mode()
+    def _features_by_image(self, loader: DataLoader) -> torch.Tensor:
+        """(n, P, C) patch features of every dataset image, row i = dataset index i (on the CPU)."""
+        parts, index = [], []
+        for batch in tqdm(loader, desc="patchcore features", leave=False):
+            parts.append(self._patch_features(batch["image"].to(self.device))[0].cpu())  # (B, P, C)
+            index.append(batch["index"])
+        feats = torch.cat(parts)
+        return feats[torch.argsort(torch.cat(index))]
+
+    def _bank(self, features: torch.Tensor) -> torch.Tensor:
+        """Memory bank (M, C) on the device: the configured sampler's subset of ``features`` (N, C)."""
+        sampler = self._sampler()
+        if sampler is None:
+            return features.to(self.device)
+        return features[sampler.run(features.to(self.device)).cpu()].to(self.device)
 
     def _patch_features(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """(B, 3, H, W) in [0, 1] -> (B, P, C) patch features at ``image_size`` and the grid (h, w)."""
