@@ -93,7 +93,7 @@ def inspect_paths(run: Any, inputs: Sequence[str | Path], csv_path: str | Path, 
 
     Returns:
         dict with images (found), skipped (already in the CSV), written, errors, anomalous,
-        seconds and images_per_s (rows written per second).
+        seconds, images_per_s (rows written per second) and peak_rss_mib (this process).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -121,8 +121,11 @@ def inspect_paths(run: Any, inputs: Sequence[str | Path], csv_path: str | Path, 
             handle.flush()
             bar.update(len(batch))
     seconds = time.perf_counter() - start
+    from anomaly.pipeline import peak_rss_mib
+
     return {"images": len(paths), "skipped": len(paths) - len(todo), **counts, "seconds": seconds,
-            "images_per_s": counts["written"] / seconds if seconds > 0 else 0.0, "csv": str(csv_path)}
+            "images_per_s": counts["written"] / seconds if seconds > 0 else 0.0, "peak_rss_mib": peak_rss_mib(),
+            "csv": str(csv_path)}
 
 
 def _inspect_batch(run: Any, scorer: Any, paths: list[Path], heatmap_dir: str | Path | None,
