@@ -92,7 +92,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from anomaly.inspection import inspect_paths, list_images
     from anomaly.pipeline import load_run, predict_paths
 
-    paths = list_images(args.images)  # folders expanded; a missing input exits 2 before the run loads
+    if (args.heatmaps and not args.csv) or (args.csv and args.heatmap_dir):
+        raise ValueError("--heatmaps OUT goes with --csv; --heatmap-dir with the JSON lines (no --csv)")
     run = load_run(args.run_dir, device=args.device)
     if args.csv:
         summary = inspect_paths(run, args.images, args.csv, heatmap_dir=args.heatmaps, batch_size=args.batch_size,
@@ -100,7 +101,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         print(json.dumps(summary))
         return
     heatmap_dir = Path(args.heatmap_dir) if args.heatmap_dir else Path(args.run_dir) / "heatmaps"
-    for record in predict_paths(run, paths, heatmap_dir=heatmap_dir):
+    for record in predict_paths(run, list_images(args.images), heatmap_dir=heatmap_dir):  # folders expanded
         print(json.dumps(record))
 
 

@@ -102,3 +102,10 @@ def test_cli_csv_mode_and_json_mode(patchcore_run, folder, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["predict", "--run-dir", str(patchcore_run), "--csv", str(out), str(tmp_path / "nowhere")])
     assert exc.value.code == 2 and "no such" in capsys.readouterr().err
+
+
+def test_heatmap_options_belong_to_their_mode(patchcore_run, folder, tmp_path, capsys):
+    for extra in (["--heatmaps", str(tmp_path / "h")], ["--csv", str(tmp_path / "x.csv"), "--heatmap-dir", "h"]):
+        with pytest.raises(SystemExit) as exc:
+            main(["predict", "--run-dir", str(patchcore_run), *extra, str(folder)])
+        assert exc.value.code == 2 and "--heatmaps OUT goes with --csv" in capsys.readouterr().err
