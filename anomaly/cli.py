@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from anomaly.models import METHODS
+from anomaly.thresholds import DEFAULT_ESTIMATOR, DEFAULT_PIXEL_FPR, DEFAULT_TARGET_FRR, ESTIMATORS
 
 logger = logging.getLogger("anomaly")
 
@@ -52,6 +53,8 @@ def _checked(cast: Callable[[str], Any], ok: Callable[[Any], bool], expected: st
 _positive_int = _checked(int, lambda v: v >= 1, "an integer >= 1")
 _port = _checked(int, lambda v: 1 <= v <= 65535, "a port number from 1 to 65535")
 _positive_float = _checked(float, lambda v: 0 < v < float("inf"), "a number > 0")
+_rate = _checked(float, lambda v: 0 < v < 1, "a rate strictly between 0 and 1 (e.g. 0.05)")
+_folds = _checked(int, lambda v: v == 0 or v >= 2, "an integer >= 2 (or 0: a validation split)")
 
 
 def _model_params(args: argparse.Namespace) -> dict[str, Any]:
@@ -67,7 +70,8 @@ def cmd_synth(args: argparse.Namespace) -> None:
     from anomaly.synthetic import generate_dataset
 
     out = generate_dataset(Path(args.out), seed=args.seed, image_size=args.image_size, n_train=args.n_train,
-                           n_test_good=args.n_test_good, n_per_defect=args.n_per_defect)
+                           n_test_good=args.n_test_good, n_per_defect=args.n_per_defect,
+                           categories=args.categories.split(","))
     print(out)
 
 
@@ -76,9 +80,32 @@ def cmd_fit(args: argparse.Namespace) -> None:
 
     run_dir = fit_run(args.data, args.category, args.method, args.run_dir, params=_model_params(args),
                       device=args.device, seed=args.seed, val_fraction=args.val_fraction,
-                      batch_size=args.batch_size, threshold_method=args.threshold_method,
-                      max_train=args.max_train)
+                      batch_size=args.batch_size, target_frr=args.target_frr, estimator=args.estimator,
+                      pixel_fpr=args.pixel_fpr, folds=args.folds, max_train=args.max_train)
     print(run_dir)
+
+
+def cmd_threshold(args: argparse.Namespace) -> None:
+    from anomaly.pipeline import load_predictions, rethreshold_run
+
+    result = rethreshold_run(args.run_dir, args.target_frr, estimator=args.estimator, pixel_fpr=args.pixel_fpr)
+    keys = ("target_frr", "frr", "frr_ci", "recall", "recall_ci", "escape_rate", "oracle_recall_at_frr", "regions")
+    summary = {"threshold": result["threshold"],
+               "metrics": None if result["metrics"] is None else {k: result["metrics"].get(k) for k in keys}}
+    if args.compare:
+        summary["compare"] = _compare(args.run_dir, args.target_frr, load_predictions)
+    print(json.dumps(summary, indent=2))
+
+
+def _compare(run_dir: str, target_frr: float, load_predictions: Callable) -> list[dict]:
+    """Realised rates of every estimator (needs an evaluated run)."""
+    from anomaly.calibration import read_calibration
+    from anomaly.rates import compare_estimators
+
+    if not (Path(run_dir) / "predictions.npz").is_file():
+        raise ValueError(f"--compare needs test predictions: run `anomaly evaluate --run-dir {run_dir}` first")
+    out = load_predictions(run_dir)
+    return compare_estimators(read_calibration(run_dir)["scores"], out["labels"], out["image_scores"], target_frr)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -122,6 +149,16 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(index)
 
 
+def _add_decision(p: argparse.ArgumentParser, target_default: float | None, pixel_default: float | None) -> None:
+    """``--target-frr`` (required when ``target_default`` is None), ``--estimator``, ``--pixel-fpr``."""
+    p.add_argument("--target-frr", type=_rate, default=target_default, required=target_default is None,
+                   help=f"false-reject rate of good parts to aim at (fit default {DEFAULT_TARGET_FRR})")
+    p.add_argument("--estimator", default=DEFAULT_ESTIMATOR, choices=ESTIMATORS,
+                   help="threshold from the calibration scores (default conformal; see README)")
+    p.add_argument("--pixel-fpr", type=_rate, default=pixel_default,
+                   help=f"per-pixel false-positive rate of the defect-region threshold (fit default {DEFAULT_PIXEL_FPR})")
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
 
@@ -138,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-train", type=int, default=200)
     p.add_argument("--n-test-good", type=int, default=40)
     p.add_argument("--n-per-defect", type=int, default=15)
+    p.add_argument("--categories", default="screw_like,texture", help="comma-separated; also screw_aligned (pose fixed)")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("fit", help="fit a detector on train/good and write a run folder")
@@ -151,9 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="padim/patchcore: local state_dict for --backbone (never downloaded)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any detector parameter")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--val-fraction", type=float, default=0.1, help="share of train/good held out for the threshold")
+    p.add_argument("--val-fraction", type=float,
+                   help="share of train/good held out when calibrating on a validation split (default 0.1; "
+                        "0 with cross-fitting)")
     p.add_argument("--batch-size", type=_positive_int, default=8)
-    p.add_argument("--threshold-method", default="quantile", choices=("quantile", "mean_std"))
+    _add_decision(p, target_default=DEFAULT_TARGET_FRR, pixel_default=DEFAULT_PIXEL_FPR)
+    p.add_argument("--folds", type=_folds, help="cross-fitting folds (default 5 for padim/patchcore; the "
+                   "autoencoder uses a validation split; 0 forces one)")
     p.add_argument("--max-train", type=_positive_int, help="use at most N training images (data-efficiency studies)")
     _add_common(p)
     p.set_defaults(func=cmd_fit)
@@ -163,6 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="override the dataset root recorded in the run")
     _add_common(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("threshold", help="move the operating point: re-derive threshold.json (and metrics.json) "
+                                         "from the stored calibration scores, without refitting")
+    p.add_argument("--run-dir", required=True)
+    _add_decision(p, target_default=None, pixel_default=None)
+    p.add_argument("--compare", action="store_true", help="realised test FRR/recall of every estimator")
+    p.set_defaults(func=cmd_threshold)
 
     p = sub.add_parser("predict", help="score image files or folders; one JSON line per image, or a CSV (--csv)")
     p.add_argument("--run-dir", required=True)

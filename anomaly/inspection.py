@@ -2,9 +2,9 @@
 
 ``anomaly predict --run-dir DIR FOLDER_OR_FILES... --csv results.csv [--heatmaps OUT]`` calls
 :func:`inspect_paths`. Folders are walked recursively (image extensions only, sorted), files are
-taken as named. Images are decoded and scored ``batch_size`` at a time; each image's row
-(path, score, is_anomalous, regions, error) is written and flushed before the next batch, and
-nothing of an image is kept after its row is written, so memory does not grow with the number of
+taken as named. Images are decoded and scored ``batch_size`` at a time; each image's row (path,
+score, is_anomalous, regions = the number of defect regions, error) is written and flushed before
+the next batch, and nothing of an image is kept after its row is written, so memory does not grow with the number of
 images (beyond the list of paths). A file that cannot be decoded gets a row with its error and an
 empty score. Re-running with the same CSV skips every path already in it (a cut-off last line is
 dropped first), so an interrupted run resumes without redoing finished rows.
@@ -131,6 +131,8 @@ def inspect_paths(run: Any, inputs: Sequence[str | Path], csv_path: str | Path, 
 def _inspect_batch(run: Any, scorer: Any, paths: list[Path], heatmap_dir: str | Path | None,
                    colours: dict[str, float]) -> list[dict[str, Any]]:
     """Decode (errors become rows), score the decodable images as one batch, optionally write heatmaps."""
+    from anomaly.pipeline import regions_of
+
     rows: list[dict[str, Any]] = []
     images, scored = [], []
     for path in paths:
@@ -148,7 +150,7 @@ def _inspect_batch(run: Any, scorer: Any, paths: list[Path], heatmap_dir: str | 
         for i, row in enumerate(scored):
             score = float(out.image_scores[i])
             row.update(score=score, is_anomalous=bool(score >= run.threshold))
-            row["regions"] = ""  # the defect-region count goes here once runs define regions (issue 9)
+            row["regions"] = "" if run.pixel_threshold is None else len(regions_of(run, out.anomaly_maps[i]))
             if heatmap_dir is not None:
                 from anomaly.viz import save_heatmap_png
 

@@ -6,17 +6,19 @@ A run folder holds everything a run produced::
     model.json       method + detector config          (Detector.save)
     model.pt         detector state, tensors only      (Detector.save)
     fit.json         fit_seconds, training history (autoencoder loss per epoch)
-    threshold.json   decision threshold fitted on validation *good* images only
+    calibration.json out-of-sample scores of good training images + map quantiles  (anomaly.calibration)
+    threshold.json   image threshold at a target false-reject rate, pixel threshold  (re-derivable)
     complete.json    completeness marker: the files + SHA-256 of model.pt (written last)
-    metrics.json     test metrics + model_sha256       (evaluate_run)
-    predictions.npz  test scores, labels, maps, masks  (evaluate_run)
+    metrics.json     test metrics, realised rates + model_sha256  (evaluate_run, rethreshold_run)
+    predictions.npz  test scores, labels, maps (float16), masks   (evaluate_run)
 
 A fit writes a hidden sibling folder and swaps it into place when complete (:mod:`anomaly.runs`),
 so an interrupted re-fit leaves the previous run as it was, and a re-fit never keeps the previous
 run's ``metrics.json``. :func:`load_run` checks the marker and every file it reads.
 
-The decision threshold and any normalisation come from a validation split carved out of
-``train/good``; the test set is only ever used to measure.
+The decision thresholds and any normalisation come from good training images only (cross-fitted
+out-of-sample scores, or a validation split for the autoencoder); the test set is only ever used
+to measure. :func:`rethreshold_run` moves the operating point without refitting.
 """
 
 from __future__ import annotations
@@ -33,16 +35,18 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from anomaly import calibration as C
 from anomaly import data as D
 from anomaly import metrics as M
 from anomaly.models import Detector, Prediction, create_detector
+from anomaly.regions import find_regions
 from anomaly.runs import atomic_run_dir, check_run_dir, read_config, read_dict, read_metrics, read_threshold
-from anomaly.thresholds import fit_threshold, scores_at_threshold
-from anomaly.utils import read_json, resolve_device, seed_everything, write_json
+from anomaly.thresholds import (DEFAULT_ESTIMATOR, DEFAULT_PIXEL_FPR, DEFAULT_TARGET_FRR, check_decision,
+                               scores_at_threshold)
+from anomaly.uncertainty import uncertainty_metrics
+from anomaly.utils import resolve_device, seed_everything, write_json
 
 logger = logging.getLogger(__name__)
-
-THRESHOLD_METHODS = ("quantile", "mean_std")
 
 
 @dataclass
@@ -55,14 +59,11 @@ class Run:
     threshold: float
     metrics: dict[str, Any] | None
     model_sha256: str = ""  # fingerprint of model.pt from complete.json
+    pixel_threshold: float | None = None  # defect-region threshold (None: no regions)
 
     @property
     def image_size(self) -> int:
         return int(self.detector.config.image_size)
-
-    def predict_images(self, images: torch.Tensor, batch_size: int = 8) -> Prediction:
-        """Score (B, 3, H, W) images in [0, 1] in batches; maps come back at (H, W)."""
-        return predict_batches(self.detector, images, batch_size)
 
 
 def make_loader(samples: Sequence[D.Sample], image_size: int, batch_size: int, shuffle: bool = False,
@@ -73,13 +74,6 @@ def make_loader(samples: Sequence[D.Sample], image_size: int, batch_size: int, s
                       generator=generator, num_workers=num_workers)
 
 
-def predict_batches(detector: Detector, images: torch.Tensor, batch_size: int = 8) -> Prediction:
-    """Run ``detector.predict`` over ``images`` (N, 3, H, W) in chunks and concatenate."""
-    parts = [detector.predict(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
-    return Prediction(np.concatenate([p.image_scores for p in parts]),
-                      np.concatenate([p.anomaly_maps for p in parts]))
-
-
 def predict_loader(detector: Detector, loader: DataLoader, desc: str = "predict") -> dict[str, np.ndarray]:
     """Score every batch of ``loader``; returns scores (N,), maps (N,H,W), masks (N,H,W), labels (N,), ms/img."""
     scores, maps, masks, labels, seconds = [], [], [], [], 0.0
@@ -88,7 +82,7 @@ def predict_loader(detector: Detector, loader: DataLoader, desc: str = "predict"
         out = detector.predict(batch["image"])
         seconds += time.perf_counter() - start
         scores.append(out.image_scores)
-        maps.append(out.anomaly_maps.astype(np.float16))
+        maps.append(out.anomaly_maps.astype(np.float32))  # float16 only when written (evaluate_run)
         masks.append(batch["mask"].numpy().astype(np.uint8))
         labels.append(np.asarray(batch["label"]))
     n = sum(len(s) for s in scores)
@@ -100,22 +94,28 @@ def predict_loader(detector: Detector, loader: DataLoader, desc: str = "predict"
 @atomic_run_dir
 def fit_run(data: str | Path, category: str, method: str, run_dir: str | Path,
             params: dict[str, Any] | None = None, device: str = "auto", seed: int = 0,
-            val_fraction: float = 0.1, batch_size: int = 8, threshold_method: str = "quantile",
-            threshold_q: float = 0.99, threshold_k: float = 3.0, max_train: int | None = None) -> Path:
-    """Fit ``method`` on ``train/good`` of ``data/category`` and write a run folder.
+            val_fraction: float | None = None, batch_size: int = 8, target_frr: float = DEFAULT_TARGET_FRR,
+            estimator: str = DEFAULT_ESTIMATOR, pixel_fpr: float = DEFAULT_PIXEL_FPR, folds: int | None = None,
+            max_train: int | None = None) -> Path:
+    """Fit ``method`` on ``train/good`` of ``data/category``, calibrate the decision, write a run folder.
 
     The folder is written beside ``run_dir`` and swapped in, marked complete, only when the fit has
     succeeded; until then a previous run in ``run_dir`` stays untouched.
 
     Args:
+        target_frr: false-reject rate the image threshold aims at, in (0, 1).
+        estimator: how the threshold is derived from the calibration scores (:data:`anomaly.thresholds.ESTIMATORS`).
+        pixel_fpr: per-pixel false-positive rate of the defect-region threshold, in (0, 1).
+        folds: cross-fitting folds (>= 2); ``None``: 5 for PaDiM/PatchCore, a validation split for the
+            autoencoder; 0: a validation split for any method.
+        val_fraction: share of ``train/good`` held out when a validation split is used (default 0.1;
+            cross-fitting uses every image, so 0 then).
         max_train: keep only the first ``max_train`` training images (seeded shuffle) — for
             data-efficiency studies; ``None`` uses all.
 
     Returns:
         The run folder.
     """
-    if threshold_method not in THRESHOLD_METHODS:
-        raise ValueError(f"unknown threshold method {threshold_method!r}; choose one of {THRESHOLD_METHODS}")
     run_dir = Path(run_dir)
     seed_everything(seed)
     dev = resolve_device(device)
@@ -123,26 +123,31 @@ def fit_run(data: str | Path, category: str, method: str, run_dir: str | Path,
     if _has_field(method, "seed"):
         params.setdefault("seed", seed)
     detector = create_detector(method, params, device=dev)  # validates params before any work
+    check_decision(target_frr, estimator, pixel_fpr)  # before any work
+    n_folds = C.resolve_folds(detector, folds)
+    val_fraction = (0.0 if n_folds else 0.1) if val_fraction is None else val_fraction
     splits = D.load_splits(data, category, val_fraction=val_fraction, seed=seed)
-    train = _subsample(splits.train, max_train, seed)
-    check_split_sizes(train, splits.validation, val_fraction)
+    pool = splits.train + splits.validation if n_folds else splits.train  # cross-fit: every good image
+    train = _subsample(pool, max_train, seed)
+    if folds is None and n_folds:
+        n_folds = min(n_folds, len(train))  # the default adapts to few-image fits (data-efficiency sweeps)
+    if not n_folds:
+        check_split_sizes(train, splits.validation, val_fraction)
     run_dir.mkdir(parents=True, exist_ok=True)
-    config = {"data": str(Path(data).resolve()), "category": category, "method": method, "params": params,
-              "device": str(dev), "seed": seed, "val_fraction": val_fraction, "batch_size": batch_size,
-              "threshold_method": threshold_method, "threshold_q": threshold_q, "threshold_k": threshold_k,
-              "max_train": max_train, "n_train": len(train), "n_validation": len(splits.validation)}
-    write_json(run_dir / "config.json", config)
+    write_json(run_dir / "config.json", {
+        "data": str(Path(data).resolve()), "category": category, "method": method, "params": params,
+        "device": str(dev), "seed": seed, "val_fraction": val_fraction, "batch_size": batch_size,
+        "target_frr": target_frr, "estimator": estimator, "pixel_fpr": pixel_fpr, "folds": folds,
+        "max_train": max_train, "n_train": len(train), "n_validation": 0 if n_folds else len(splits.validation)})
     size = detector.config.image_size
-    logger.info("fitting %s on %d %s/%s images (%d px) on %s", method, len(train), category, "train", size, dev)
-    start = time.perf_counter()
-    detector.fit(make_loader(train, size, batch_size, shuffle=True, seed=seed))
-    fit_seconds = time.perf_counter() - start
+    logger.info("fitting %s on %d %s images (%d px) on %s, calibration: %s", method, len(train), category, size,
+                dev, f"{n_folds}-fold cross-fit" if n_folds else "validation split")
+    validation = None if n_folds else make_loader(splits.validation, size, batch_size)
+    calibration, fit_seconds = C.fit_and_calibrate(
+        detector, make_loader(train, size, batch_size, shuffle=not n_folds, seed=seed), n_folds, seed, validation)
     detector.save(run_dir)
-    val = predict_loader(detector, make_loader(splits.validation, size, batch_size), desc="validation")
-    threshold = fit_threshold(val["image_scores"], method=threshold_method, q=threshold_q, k=threshold_k)
-    write_json(run_dir / "threshold.json", {
-        "threshold": threshold, "method": threshold_method, "q": threshold_q, "k": threshold_k,
-        "validation_scores": val["image_scores"], "validation_map_quantiles": _map_quantiles(val["anomaly_maps"])})
+    write_json(run_dir / C.CALIBRATION_FILE, calibration)
+    C.write_decision(run_dir, calibration, target_frr=target_frr, estimator=estimator, pixel_fpr=pixel_fpr)
     write_json(run_dir / "fit.json", {"fit_seconds": fit_seconds, "n_train": len(train),
                                       "history": list(getattr(detector, "history", [])),
                                       "peak_rss_mib": peak_rss_mib()})
@@ -150,43 +155,85 @@ def fit_run(data: str | Path, category: str, method: str, run_dir: str | Path,
 
 
 def evaluate_run(run_dir: str | Path, device: str = "auto", data: str | Path | None = None) -> dict[str, Any]:
-    """Score the test split of a fitted run; write ``metrics.json`` and ``predictions.npz``."""
+    """Score the test split of a fitted run; write ``predictions.npz`` and ``metrics.json``."""
     run = load_run(run_dir, device=device)
     cfg = run.config
     splits = D.load_splits(data or cfg["data"], cfg["category"], val_fraction=cfg["val_fraction"], seed=cfg["seed"])
     out = predict_loader(run.detector, make_loader(splits.test, run.image_size, cfg["batch_size"]), desc="test")
-    metrics = compute_metrics(out, splits.test, run.threshold)
+    decision = read_dict(Path(run_dir) / "threshold.json", ("threshold",))
+    metrics = evaluation_metrics(out, splits.test, decision)
     fit_info = read_dict(Path(run_dir) / "fit.json", ("fit_seconds",))
     metrics.update({"method": cfg["method"], "category": cfg["category"], "fit_seconds": fit_info["fit_seconds"],
                     "predict_ms_per_image": out["ms_per_image"], "peak_rss_mib": peak_rss_mib(),
                     "model_sha256": run.model_sha256})
     np.savez_compressed(Path(run_dir) / "predictions.npz", image_scores=out["image_scores"],
-                        labels=out["labels"], anomaly_maps=out["anomaly_maps"], gt_masks=out["gt_masks"],
-                        defect_types=np.array([s.defect_type for s in splits.test]),
+                        labels=out["labels"], anomaly_maps=out["anomaly_maps"].astype(np.float16),
+                        gt_masks=out["gt_masks"], defect_types=np.array([s.defect_type for s in splits.test]),
                         image_paths=np.array([str(s.image_path) for s in splits.test]))
     write_json(Path(run_dir) / "metrics.json", metrics)  # last: it marks the run as evaluated
     return metrics
 
 
-def compute_metrics(out: dict[str, np.ndarray], samples: Sequence[D.Sample], threshold: float) -> dict[str, Any]:
-    """Image/pixel AUROC, AUPRO, oracle F1-max, and precision/recall/F1 at the validation threshold."""
+def rethreshold_run(run_dir: str | Path, target_frr: float, estimator: str = DEFAULT_ESTIMATOR,
+                    pixel_fpr: float | None = None) -> dict[str, Any]:
+    """Move the operating point without refitting: re-derive ``threshold.json`` from ``calibration.json``.
+
+    When the run was evaluated, ``metrics.json`` is recomputed from the stored ``predictions.npz``.
+
+    Args:
+        pixel_fpr: ``None`` keeps the run's per-pixel false-positive rate.
+
+    Returns:
+        ``{"threshold": threshold.json record, "metrics": new metrics or None}``.
+    """
+    run_dir = Path(run_dir)
+    marker = check_run_dir(run_dir)
+    calibration = C.read_calibration(run_dir)
+    if pixel_fpr is None:
+        pixel_fpr = read_dict(run_dir / "threshold.json").get("pixel_fpr") or DEFAULT_PIXEL_FPR
+    decision = C.write_decision(run_dir, calibration, target_frr=target_frr, estimator=estimator,
+                                pixel_fpr=pixel_fpr)
+    metrics = read_metrics(run_dir, marker)
+    if metrics is None or not (run_dir / "predictions.npz").is_file():
+        return {"threshold": decision, "metrics": None}
+    out = load_predictions(run_dir)
+    metrics.update(evaluation_metrics(out, list(out["defect_types"]), decision))
+    write_json(run_dir / "metrics.json", metrics)
+    return {"threshold": decision, "metrics": metrics}
+
+
+def load_predictions(run_dir: str | Path) -> dict[str, np.ndarray]:
+    """``predictions.npz`` of an evaluated run, maps as float32."""
+    with np.load(Path(run_dir) / "predictions.npz") as npz:
+        out = {k: npz[k] for k in npz.files}
+    out["anomaly_maps"] = out["anomaly_maps"].astype(np.float32)
+    return out
+
+
+def evaluation_metrics(out: dict[str, np.ndarray], samples: Sequence[D.Sample | str],
+                       decision: dict[str, Any]) -> dict[str, Any]:
+    """:func:`compute_metrics` at the decision's threshold plus the realised rates and region detection."""
+    return {**compute_metrics(out, samples, float(decision["threshold"])), **C.decision_metrics(out, decision)}
+
+
+def compute_metrics(out: dict[str, np.ndarray], samples: Sequence[D.Sample | str], threshold: float) -> dict[str, Any]:
+    """Ranking metrics with bootstrap intervals, the oracle F1-max, and precision/recall/F1 (overall, per defect
+    type and by defect size) at ``threshold``."""
+    result: dict[str, Any] = {}
+    result.update(ranking_metrics(out))
+    result.update(scores_at_threshold(out["labels"], out["image_scores"], threshold))
+    result.update(uncertainty_metrics(out, samples, threshold))  # intervals, per type and by size, flag-all F1
+    return result
+
+
+def ranking_metrics(out: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Threshold-free: image/pixel AUROC, AUPRO, F1-max (an oracle: it looks at the test labels)."""
     labels, scores = out["labels"], out["image_scores"]
     maps, masks = out["anomaly_maps"].astype(np.float32), out["gt_masks"]
-    result: dict[str, Any] = {
-        "image_auroc": M.image_auroc(labels, scores), "pixel_auroc": M.pixel_auroc(masks, maps),
-        "aupro": M.aupro(masks, maps), "f1_max_oracle": M.f1_max(labels, scores),
-        **scores_at_threshold(labels, scores, threshold), "n_test_images": int(len(labels))}
-    result["f1_max"] = result["f1_max_oracle"]  # same number, kept under the issue's key name
-    defect_types = np.array([s.defect_type for s in samples])
-    good = defect_types == "good"
-    per_type = {}
-    for name in sorted(set(defect_types) - {"good"}):
-        keep = good | (defect_types == name)
-        per_type[name] = {"n": int((defect_types == name).sum()),
-                          "image_auroc": M.image_auroc(labels[keep], scores[keep]),
-                          "recall_at_threshold": float((scores[defect_types == name] >= threshold).mean())}
-    result["per_defect_type"] = per_type
-    return result
+    f1 = M.f1_max(labels, scores)
+    return {"image_auroc": M.image_auroc(labels, scores), "pixel_auroc": M.pixel_auroc(masks, maps),
+            "aupro": M.aupro(masks, maps), "f1_max_oracle": f1, "f1_max": f1,  # same number, the issue's key name
+            "n_test_images": int(len(labels))}
 
 
 def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
@@ -201,7 +248,9 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
     detector = Detector.load(run_dir, device=resolve_device(device))
     config = read_config(run_dir, detector.name)
     metrics = read_metrics(run_dir, marker)
-    return Run(run_dir, detector, config, read_threshold(run_dir), metrics, marker["model_sha256"])
+    pixel = read_dict(run_dir / "threshold.json").get("pixel_threshold")
+    return Run(run_dir, detector, config, read_threshold(run_dir), metrics, marker["model_sha256"],
+               float(pixel) if isinstance(pixel, (int, float)) and np.isfinite(pixel) else None)
 
 
 def predict_paths(run: Run, paths: Sequence[str | Path], heatmap_dir: str | Path | None = None) -> list[dict]:
@@ -213,7 +262,8 @@ def predict_paths(run: Run, paths: Sequence[str | Path], heatmap_dir: str | Path
         image = D.read_image(path)[None]  # (1, 3, H, W) at the file's resolution
         out = run.detector.predict(image)
         record = {"path": str(path), "score": float(out.image_scores[0]),
-                  "is_anomalous": bool(out.image_scores[0] >= run.threshold), "heatmap": None}
+                  "is_anomalous": bool(out.image_scores[0] >= run.threshold), "heatmap": None,
+                  "regions": regions_of(run, out.anomaly_maps[0])}
         if heatmap_dir is not None:
             target = Path(heatmap_dir) / f"{Path(path).stem}_heatmap.png"
             save_heatmap_png(image[0], out.anomaly_maps[0], target, **display_range(run))
@@ -222,9 +272,16 @@ def predict_paths(run: Run, paths: Sequence[str | Path], heatmap_dir: str | Path
     return results
 
 
+def regions_of(run: Run, anomaly_map: np.ndarray) -> list[dict]:
+    """Defect regions of one (H, W) map at the run's pixel threshold (bboxes in the map's = input's pixels)."""
+    return [] if run.pixel_threshold is None else find_regions(anomaly_map, run.pixel_threshold)
+
+
 def display_range(run: Run) -> dict[str, float]:
-    """Heatmap colour range from validation good images: low = median map value, high = threshold-ish."""
-    q = read_json(run.run_dir / "threshold.json")["validation_map_quantiles"]
+    """Heatmap colour range from good calibration maps: low = median map value, high = their maximum."""
+    q = C.map_summary(C.read_calibration(run.run_dir))
+    if q is None:
+        raise KeyError("no calibration map quantiles")
     return {"vmin": float(q["50"]), "vmax": float(max(q["100"], q["50"] + 1e-8))}
 
 
@@ -242,11 +299,6 @@ def check_split_sizes(train: Sequence[D.Sample], validation: Sequence[D.Sample],
     if not train:
         raise ValueError(f"no training image is left after carving {len(validation)} validation image(s); "
                          f"lower --val-fraction or add train/good images")
-
-
-def _map_quantiles(maps: np.ndarray) -> dict[str, float]:
-    values = maps.astype(np.float32).ravel()
-    return {str(q): float(np.percentile(values, q)) for q in (0, 50, 99, 100)}
 
 
 def _subsample(samples: list[D.Sample], n: int | None, seed: int) -> list[D.Sample]:

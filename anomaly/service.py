@@ -29,7 +29,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 import torch
-from fastapi import FastAPI, File, HTTPException, UploadFile
+from fastapi import FastAPI, File, Form, HTTPException, UploadFile
 from pydantic import BaseModel
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
@@ -59,6 +59,8 @@ class PredictResponse(BaseModel):
     threshold: float
     heatmap_png_base64: str
     filename: str | None = None
+    regions: list[dict[str, Any]] = []  # bbox [x0, y0, x1, y1] in the upload's pixels, area_px, max_score
+    mask_png_base64: str | None = None  # the binary defect mask at the model's input size (?mask=true)
 
 
 class BatchResponse(BaseModel):
@@ -75,6 +77,7 @@ class _Service:
     threshold: float
     vmin: float | None  # heatmap colour range from validation good maps (None: per image)
     vmax: float | None
+    pixel_threshold: float | None = None  # defect regions (None: the run has none)
 
 
 def create_app(run_dir: str | Path, runtime: str = "torch", max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
@@ -119,8 +122,9 @@ def create_app(run_dir: str | Path, runtime: str = "torch", max_upload_bytes: in
         return service.info
 
     @app.post("/predict", response_model=PredictResponse)
-    def predict(file: UploadFile = File(..., description="one image (PNG, JPEG, TIFF, BMP, ...)")) -> PredictResponse:
-        return _score_uploads(service, [file])[0]
+    def predict(file: UploadFile = File(..., description="one image (PNG, JPEG, TIFF, BMP, ...)"),
+                mask: bool = Form(False, description="also return the binary defect mask PNG")) -> PredictResponse:
+        return _score_uploads(service, [file], mask)[0]
 
     @app.post("/predict/batch", response_model=BatchResponse)
     def predict_batch(files: list[UploadFile] = File(..., description=f"1 to {MAX_BATCH_FILES} images")) -> BatchResponse:
@@ -160,12 +164,18 @@ def _load_service(run_dir: Path, runtime: str, threads: int) -> _Service:
         rng = {"vmin": None, "vmax": None}  # no validation quantiles: per-image range
     info = {"method": run.config.get("method", run.detector.name), "category": run.config.get("category"),
             "image_size": run.image_size, "threshold": run.threshold, "runtime": runtime, "metrics": run.metrics,
-            "threshold_method": run.config.get("threshold_method"), "threshold_q": run.config.get("threshold_q"),
-            "threshold_k": run.config.get("threshold_k"), "n_validation": run.config.get("n_validation"),
-            "heatmap_range": rng}
+            "decision": _decision(run_dir), "heatmap_range": rng}
     info = _json_safe(info)
     logger.info("serving %s (%s, %d px) with %s", run_dir, info["method"], run.image_size, runtime)
-    return _Service(scorer, info, run.image_size, run.threshold, rng["vmin"], rng["vmax"])
+    return _Service(scorer, info, run.image_size, run.threshold, rng["vmin"], rng["vmax"], run.pixel_threshold)
+
+
+def _decision(run_dir: Path) -> dict[str, Any]:
+    """How the threshold was set: the scalar fields of ``threshold.json`` (target FRR, estimator, n scores, ...)."""
+    from anomaly.utils import read_json
+
+    record = read_json(run_dir / "threshold.json")
+    return {k: v for k, v in record.items() if v is None or isinstance(v, (bool, int, float, str))}
 
 
 def _warm_up(service: _Service) -> None:
@@ -179,20 +189,50 @@ def _warm_up(service: _Service) -> None:
     _heatmap_base64(image, out.anomaly_maps[0], service)
 
 
-def _score_uploads(service: _Service, files: list[UploadFile]) -> list[PredictResponse]:
+def _score_uploads(service: _Service, files: list[UploadFile], mask: bool = False) -> list[PredictResponse]:
     """Decode every upload (4xx naming the file on failure), score them as one batch."""
-    images = []
+    images, sizes = [], []
     for i, upload in enumerate(files):
         name = upload.filename or f"file #{i}"
         try:
-            images.append(decode_image(upload.file.read(), service.image_size))  # (3, S, S)
+            data = upload.file.read()
+            images.append(decode_image(data, service.image_size))  # (3, S, S)
         except ImageDecodeError as err:
             raise HTTPException(err.status_code, f"{name}: {err}") from err
+        sizes.append(_input_hw(data, service.image_size))
     out = service.scorer.predict(torch.stack(images))  # scores (B,), maps (B, S, S)
     return [PredictResponse(score=_finite(score), is_anomalous=bool(score >= service.threshold),
                             threshold=service.threshold, filename=upload.filename,
-                            heatmap_png_base64=_heatmap_base64(image, amap, service))
-            for upload, image, score, amap in zip(files, images, out.image_scores.tolist(), out.anomaly_maps)]
+                            heatmap_png_base64=_heatmap_base64(image, amap, service),
+                            **_regions(amap, hw, service, mask))
+            for upload, image, score, amap, hw in zip(files, images, out.image_scores.tolist(), out.anomaly_maps, sizes)]
+
+
+def _input_hw(data: bytes, default: int) -> tuple[int, int]:
+    """(H, W) of an upload that decoded (its header is read again; it was already checked)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.height, img.width
+    except Exception:  # decode_image accepted it; fall back to the model's size
+        return default, default
+
+
+def _regions(amap: np.ndarray, hw: tuple[int, int], service: _Service, mask: bool) -> dict[str, Any]:
+    """``regions`` in the upload's pixels and, when asked, the (S, S) binary mask as a base64 PNG."""
+    from anomaly.regions import defect_mask, find_regions, scale_regions
+
+    if service.pixel_threshold is None:
+        return {}
+    regions = scale_regions(find_regions(amap, service.pixel_threshold), amap.shape, hw)
+    if not mask:
+        return {"regions": regions}
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(defect_mask(amap, service.pixel_threshold).astype(np.uint8) * 255).save(buffer, format="PNG")
+    return {"regions": regions, "mask_png_base64": base64.b64encode(buffer.getvalue()).decode("ascii")}
 
 
 def _heatmap_base64(image: torch.Tensor, anomaly_map: np.ndarray, service: _Service) -> str:

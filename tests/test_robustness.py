@@ -393,7 +393,8 @@ def test_a_replaced_model_is_refused(pc_run, tmp_path):
 
 # -- 5, 6. arguments checked before the fit --------------------------------------------------------------
 @pytest.mark.parametrize("extra, words", [
-    (["--val-fraction", "0"], "validation split is empty"),
+    (["--folds", "0", "--val-fraction", "0"], "validation split is empty"),  # no cross-fit: a split is needed
+    (["--target-frr", "1"], "strictly between 0 and 1"),
     (["--set", "image_size=abc"], 'image_size="abc"'),
     (["--set", "strides=8"], "strides=8"),
     (["--set", "coreset_ratio=true"], "coreset_ratio=true"),

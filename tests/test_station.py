@@ -62,7 +62,7 @@ def test_docs_work_offline(client):
 
 def test_model_card_fields(client):
     info = client.get("/model").json()
-    assert info["threshold_method"] == "quantile" and info["n_validation"] >= 1
+    assert info["decision"]["threshold"] == pytest.approx(info["threshold"]) and info["decision"]["n_scores"] >= 1
     assert set(info["heatmap_range"]) == {"vmin", "vmax"}
 
 

@@ -5,33 +5,70 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from anomaly.thresholds import fit_map_range, fit_threshold, normalise_maps, scores_at_threshold
+from anomaly.thresholds import (ESTIMATORS, fit_map_range, frr_threshold, map_tail_quantiles, normalise_maps,
+                                pixel_threshold, scores_at_threshold)
 
 
-def test_fit_threshold_quantile():
-    scores = np.arange(101.0)  # 0, 1, ..., 100
-    assert fit_threshold(scores) == pytest.approx(99.0)  # default q=0.99
-    assert fit_threshold(scores, q=0.5) == pytest.approx(50.0)
-    assert fit_threshold(scores, q=1.0) == pytest.approx(100.0)
-    assert fit_threshold([1.0, 2.0], q=0.25) == pytest.approx(1.25)  # linear interpolation
+def test_conformal_rank_and_guarantee():
+    scores = np.arange(1.0, 20.0)  # n = 19: k = ceil(20 * 0.9) = 18 -> reject scores above 18
+    fitted = frr_threshold(scores, 0.1)
+    assert fitted["estimator"] == "conformal" and fitted["reachable"] and fitted["n_scores"] == 19
+    assert 18.0 < fitted["threshold"] < 18.0 + 1e-9
+    assert fitted["calibration_frr"] == pytest.approx(1 / 19)
 
 
-def test_fit_threshold_mean_std():
-    scores = np.array([1.0, 2.0, 3.0, 4.0])  # mean 2.5, population std sqrt(1.25)
-    assert fit_threshold(scores, method="mean_std", k=2.0) == pytest.approx(2.5 + 2.0 * np.sqrt(1.25))
-    assert fit_threshold(scores, method="mean_std", k=0.0) == pytest.approx(2.5)
-    assert isinstance(fit_threshold(scores, method="mean_std"), float)
+def test_unreachable_target_uses_the_largest_score():
+    fitted = frr_threshold(np.arange(10.0), 0.05)  # (n + 1)(1 - alpha) = 10.45 > 10
+    assert not fitted["reachable"]
+    assert 9.0 < fitted["threshold"] < 9.0 + 1e-9
 
 
-def test_fit_threshold_errors():
-    with pytest.raises(ValueError, match="unknown threshold method 'otsu'"):
-        fit_threshold([1.0, 2.0], method="otsu")
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_estimators_hit_the_target_on_a_known_distribution(estimator):
+    """Exponential(1) scores: the 5 % false-reject threshold is ln(20); realised rates on fresh draws."""
+    rng = np.random.default_rng(0)
+    realised = []
+    for _ in range(200):
+        fitted = frr_threshold(rng.exponential(size=200), 0.05, estimator)
+        realised.append(np.exp(-fitted["threshold"]))  # the true FRR of this threshold
+    mean = float(np.mean(realised))
+    if estimator == "conformal":
+        assert 0.035 < mean <= 0.05 + 0.005  # expected FRR <= alpha (exact: (n + 1 - k) / (n + 1))
+    elif estimator == "conservative":
+        assert np.mean(np.array(realised) <= 0.05) >= 0.9 and mean < 0.045
+    else:
+        assert abs(mean - 0.05) < 0.01
+
+
+def test_tail_extrapolates_beyond_the_largest_score():
+    rng = np.random.default_rng(1)
+    scores = rng.exponential(size=40)
+    fitted = frr_threshold(scores, 0.005, "tail")  # conformal could not go below 1 / 41
+    assert fitted["threshold"] > scores.max() and fitted["reachable"]
+    realised = [np.exp(-frr_threshold(rng.exponential(size=100), 0.005, "tail")["threshold"]) for _ in range(100)]
+    assert 0.001 < np.median(realised) < 0.015  # the true exceedance of the extrapolated threshold
+
+
+def test_frr_threshold_errors():
+    for bad in (0.0, 1.0, -0.1, 1.5, float("nan"), True):
+        with pytest.raises(ValueError, match="strictly between 0 and 1"):
+            frr_threshold([1.0, 2.0], bad)
+    with pytest.raises(ValueError, match="estimator"):
+        frr_threshold([1.0, 2.0], 0.1, "otsu")
     with pytest.raises(ValueError, match="at least one"):
-        fit_threshold([])
-    with pytest.raises(ValueError, match="q must be"):
-        fit_threshold([1.0, 2.0], q=99)
+        frr_threshold([], 0.1)
     with pytest.raises(ValueError, match="NaN"):
-        fit_threshold([1.0, float("nan")])
+        frr_threshold([1.0, float("nan")], 0.1)
+
+
+def test_pixel_threshold_from_map_quantiles():
+    maps = np.random.default_rng(0).random((4, 50, 50)).astype(np.float16)  # uniform pixels
+    quantiles = map_tail_quantiles(maps)
+    assert pixel_threshold(quantiles, 0.01) == pytest.approx(0.99, abs=0.005)
+    assert pixel_threshold(quantiles, 0.2) == pytest.approx(0.8, abs=0.01)
+    assert quantiles["summary"]["100"] == pytest.approx(float(maps.max()))
+    with pytest.raises(ValueError, match="pixel_fpr"):
+        pixel_threshold(quantiles, 0.0)
 
 
 def test_scores_at_threshold_hand_case():
