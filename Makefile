@@ -11,7 +11,7 @@ SYNTH_DIR := data/synthetic
 REPORT_DIR ?= reports
 PYTEST_ARGS ?=
 
-.PHONY: install test report lab synth benchmark clean
+.PHONY: install test report lab synth benchmark screenshot clean
 
 install: $(STAMP)
 
@@ -33,7 +33,14 @@ synth: $(STAMP)
 # Real MVTec AD screw benchmark (the README's results table): make benchmark MVTEC=../shared/datasets/mvtec_ad
 MVTEC ?= ../shared/datasets/mvtec_ad
 benchmark: $(STAMP)
-	$(BIN)/anomaly benchmark --data $(MVTEC) --categories screw --methods autoencoder,padim,patchcore --out weights/benchmark
+	$(BIN)/anomaly benchmark --data $(MVTEC) --categories screw --methods intensity,autoencoder,padim,patchcore --out weights/benchmark
+
+# docs/station.png: the inspection page in headless Chromium on a synthetic defective part (never real MVTec images).
+STATION_DIR := data/station
+screenshot: $(STAMP)
+	$(BIN)/anomaly synth --out $(STATION_DIR) --image-size 256 --n-train 60 --n-test-good 4 --n-per-defect 2
+	$(BIN)/anomaly fit --method patchcore --data $(STATION_DIR) --category texture --run-dir weights/station --image-size 256
+	$(BIN)/anomaly station --run-dir weights/station --image $(STATION_DIR)/texture/test/contamination/000.png --out docs/station.png --runtime onnx
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/

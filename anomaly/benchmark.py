@@ -5,7 +5,8 @@ into ``OUT/<category>/<method>/`` (a normal run folder), by default in a fresh p
 its peak resident memory (``ru_maxrss``) is its own and not the maximum over earlier runs.
 Timings depend on what else the machine is doing, so the 1-minute load average before and
 after each run is recorded next to them. Results go to ``OUT/benchmark.json`` and
-``OUT/benchmark.md``.
+``OUT/benchmark.md``, with each category's answer paragraph, margins over the best baseline
+(paired-bootstrap intervals, also in ``OUT/margins.json``) and detection by defect size (:mod:`anomaly.evidence`).
 """
 
 from __future__ import annotations
@@ -16,15 +17,17 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from anomaly.evidence import evidence_markdown
 from anomaly.models import METHODS
 from anomaly.runs import is_evaluated
 from anomaly.utils import read_json, write_json
 
 logger = logging.getLogger(__name__)
 
-COLUMNS = ("category", "method", "image_auroc", "pixel_auroc", "aupro", "f1_max_oracle", "fit_seconds",
+COLUMNS = ("category", "method", "image_auroc", "pixel_auroc", "aupro", "aupro_fpr05", "f1_max_oracle", "f1_flag_all",
+           "fit_seconds",
            "predict_ms_per_image", "peak_rss_mib", "load_before", "load_after")
-_SCORES = ("image_auroc", "pixel_auroc", "aupro", "f1_max_oracle")
+_SCORES = ("image_auroc", "pixel_auroc", "aupro", "aupro_fpr05", "f1_max_oracle", "f1_flag_all")
 
 
 def split_params(params: dict[str, Any] | None, methods: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -74,8 +77,13 @@ def run_benchmark(data: str | Path, categories: Sequence[str], methods: Sequence
             write_json(out / "benchmark.json", {"device": device, "seed": seed, "params": per_method,
                                                  "cpu_count": os.cpu_count(), "rows": rows})
     table = markdown_table(rows)
-    (out / "benchmark.md").write_text(table + "\n")
-    return table
+    sections, margins = [table], {}
+    for category in categories:  # margins over the best baseline, with paired-bootstrap intervals
+        text, margins[category] = evidence_markdown([out / category / m for m in methods])
+        sections.append(f"## {category}\n\n{text}")
+    write_json(out / "margins.json", margins)
+    (out / "benchmark.md").write_text("\n\n".join(sections) + "\n")
+    return "\n\n".join(sections)
 
 
 def _run_one(job: tuple, isolate: bool, resume: bool) -> dict[str, Any]:

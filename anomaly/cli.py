@@ -70,7 +70,8 @@ def cmd_synth(args: argparse.Namespace) -> None:
     from anomaly.synthetic import generate_dataset
 
     out = generate_dataset(Path(args.out), seed=args.seed, image_size=args.image_size, n_train=args.n_train,
-                           n_test_good=args.n_test_good, n_per_defect=args.n_per_defect)
+                           n_test_good=args.n_test_good, n_per_defect=args.n_per_defect,
+                           categories=args.categories.split(","))
     print(out)
 
 
@@ -117,11 +118,18 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
+    from anomaly.inspection import inspect_paths, list_images
     from anomaly.pipeline import load_run, predict_paths
 
+    paths = list_images(args.images)  # folders expanded; a missing input exits 2 before the run loads
     run = load_run(args.run_dir, device=args.device)
+    if args.csv:
+        summary = inspect_paths(run, args.images, args.csv, heatmap_dir=args.heatmaps, batch_size=args.batch_size,
+                                runtime=args.runtime)
+        print(json.dumps(summary))
+        return
     heatmap_dir = Path(args.heatmap_dir) if args.heatmap_dir else Path(args.run_dir) / "heatmaps"
-    for record in predict_paths(run, args.images, heatmap_dir=heatmap_dir):
+    for record in predict_paths(run, paths, heatmap_dir=heatmap_dir):
         print(json.dumps(record))
 
 
@@ -168,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-train", type=int, default=200)
     p.add_argument("--n-test-good", type=int, default=40)
     p.add_argument("--n-per-defect", type=int, default=15)
+    p.add_argument("--categories", default="screw_like,texture", help="comma-separated; also screw_aligned (pose fixed)")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("fit", help="fit a detector on train/good and write a run folder")
@@ -206,10 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="realised test FRR/recall of every estimator, and of conformal from 10-160 of the scores")
     p.set_defaults(func=cmd_threshold)
 
-    p = sub.add_parser("predict", help="score image files; one JSON line per image")
+    p = sub.add_parser("predict", help="score image files or folders; one JSON line per image, or a CSV (--csv)")
     p.add_argument("--run-dir", required=True)
-    p.add_argument("--heatmap-dir", help="where heatmap PNGs go (default RUN_DIR/heatmaps)")
-    p.add_argument("images", nargs="+")
+    p.add_argument("--heatmap-dir", help="JSON mode: where heatmap PNGs go (default RUN_DIR/heatmaps)")
+    p.add_argument("--csv", help="stream one row per image into this CSV (resumes: paths already in it are skipped)")
+    p.add_argument("--heatmaps", metavar="OUT", help="--csv mode: write a heatmap PNG per image here (default: none)")
+    p.add_argument("--batch-size", type=_positive_int, default=16, help="--csv mode: images scored together")
+    p.add_argument("--runtime", default="torch", choices=("torch", "onnx"), help="--csv mode: torch or the ONNX graph")
+    p.add_argument("images", nargs="+", metavar="FOLDER_OR_FILE", help="image files, or folders searched recursively")
     _add_common(p)
     p.set_defaults(func=cmd_predict)
 
@@ -255,7 +268,17 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-upload-mb", type=_positive_float, default=20.0, help="largest request body; larger uploads get 413")
     p.add_argument("--threads", type=_positive_int, default=1,
                    help="torch / onnxruntime intra-op threads per request (concurrent requests use the other cores)")
+    p.add_argument("--api-key-file", help="require the key in this file (X-API-Key header) on every endpoint but "
+                                          "/health; default: $ANOMALY_API_KEY if set, else no key")
+    p.add_argument("--workers", type=_positive_int, default=1, help="worker processes, each loading the run once")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("station", help="screenshot of the inspection page on one image, in headless Chromium")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--image", required=True, help="the part to upload (use a synthetic one for committed figures)")
+    p.add_argument("--out", default="docs/station.png")
+    p.add_argument("--runtime", default="torch", choices=("torch", "onnx"))
+    p.set_defaults(func=cmd_station)
 
     p = sub.add_parser("loadtest", help="load-test a running service on this machine (loopback only)")
     p.add_argument("--url", default="http://127.0.0.1:8000")
@@ -285,11 +308,30 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from anomaly.export import set_torch_threads
     from anomaly.service import allowed_hosts, create_app
 
+    from anomaly.web import api_key_from, settings_to_env
+
     set_torch_threads(args.threads)
     hosts = allowed_hosts(args.host, [h.strip() for h in args.allowed_hosts.split(",") if h.strip()])
-    app = create_app(args.run_dir, runtime=args.runtime, max_upload_bytes=int(args.max_upload_mb * 2**20),
-                     threads=args.threads, allowed_hosts=hosts)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    settings = dict(run_dir=str(Path(args.run_dir).resolve()), runtime=args.runtime, threads=args.threads,
+                    max_upload_bytes=int(args.max_upload_mb * 2**20), allowed_hosts=hosts)
+    api_key = api_key_from(args.api_key_file)  # checked here, so a bad key file exits 2 before any worker starts
+    if args.workers == 1:
+        app = create_app(**settings, api_key=api_key)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+        return
+    import os
+
+    os.environ.update(settings_to_env(**settings))  # inherited by the worker processes
+    if api_key is not None:
+        os.environ["ANOMALY_API_KEY"] = api_key
+    uvicorn.run("anomaly.web:create_app_from_env", factory=True, workers=args.workers, host=args.host,
+                port=args.port, log_level="info")
+
+
+def cmd_station(args: argparse.Namespace) -> None:
+    from anomaly.browser import screenshot_station
+
+    print(json.dumps(screenshot_station(args.run_dir, args.image, args.out, runtime=args.runtime)))
 
 
 def cmd_loadtest(args: argparse.Namespace) -> None:

@@ -289,16 +289,6 @@ class AnomalyDataset(Dataset):
                 "label": sample.label, "index": index}
 
 
-def describe(samples: list[Sample]) -> pd.DataFrame:
-    """Image counts per split and defect type: columns split, defect_type, label, n_images."""
-    frame = pd.DataFrame([(s.split, s.defect_type, s.label) for s in samples],
-                         columns=["split", "defect_type", "label"])
-    counts = frame.groupby(["split", "defect_type", "label"], sort=False).size().rename("n_images").reset_index()
-    counts["_order"] = counts["split"].map({name: i for i, name in enumerate(SPLITS)})
-    counts = counts.sort_values(["_order", "label", "defect_type"], kind="stable")
-    return counts.drop(columns="_order").reset_index(drop=True)
-
-
 def mask_areas(samples: list[Sample]) -> pd.DataFrame:
     """Defect size per defective sample: columns defect_type, image_path, area_fraction, n_regions."""
     from scipy.ndimage import label as connected_components

@@ -1,16 +1,11 @@
 """ONNX export of a trained detector -- backbone and scoring in ONE graph -- and its onnxruntime scorer.
 
 The graph maps images ``(B, 3, S, S)`` in [0, 1] at the run's ``image_size`` S (dynamic batch
-axis B) to ``image_scores`` (B,) and ``anomaly_maps`` (B, S, S):
-
-* PatchCore (Roth et al., CVPR 2022): patch features -> Euclidean distance to the nearest
-  memory-bank feature -> map upsampled to S and Gaussian-smoothed; image score by Eq. 7.
-* PaDiM (Defard et al., ICPR 2021): patch features -> Mahalanobis distance to the per-position
-  Gaussian -> map upsampled and smoothed; image score = map maximum.
-
-The wrappers below only compose the detectors' own modules and functions (feature extractor,
-``nearest_neighbours``, ``reweighted_scores``, ``gaussian_blur``, ...), so the maths lives in one
-place. Exported with the TorchScript-based exporter (``dynamo=False``, opset 17; the dynamo
+axis B) to ``image_scores`` (B,) and ``anomaly_maps`` (B, S, S). It is the detector's own
+inference module, ``detector.model`` (:class:`~anomaly.models.patchcore.PatchCoreModel`,
+:class:`~anomaly.models.padim.PaDiMModel`), whose ``forward`` ``Detector.predict`` also runs, so
+the scoring exists once; this module only exports it, runs it with onnxruntime and checks parity.
+Exported with the TorchScript-based exporter (``dynamo=False``, opset 17; the dynamo
 exporter fixed the batch axis to the example's size) and checked against PyTorch: the largest
 score and map differences go to ``RUN_DIR/onnx_parity.json``. PatchCore's graph computes the
 whole (B * patches, bank) distance matrix in one block: ~100 MB at batch 8, 256 px, a 1 % bank.
@@ -29,9 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from anomaly.features import resize_images
 from anomaly.models import Detector, Prediction
-from anomaly.models.postprocess import gaussian_blur, upsample_maps
+from anomaly.models.postprocess import resize_images, upsample_maps
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +34,7 @@ PARITY_FILE = "onnx_parity.json"
 OPSET = 17
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("image_scores", "anomaly_maps")
-_ALL_QUERIES = 2**31 - 1  # one distance block for every query: a loop over blocks cannot be traced
+EXPORTABLE = ("patchcore", "padim")
 
 
 def set_torch_threads(threads: int | None = None) -> int:
@@ -52,65 +46,17 @@ def set_torch_threads(threads: int | None = None) -> int:
     return n
 
 
-class PatchCoreGraph(nn.Module):
-    """Pure-tensor PatchCore scoring built from a fitted :class:`~anomaly.models.patchcore.PatchCore`."""
-
-    def __init__(self, detector: Detector) -> None:
-        super().__init__()
-        if detector.memory_bank is None:
-            raise ValueError("PatchCore has no memory bank: fit or load it before exporting")
-        self.extractor = detector.extractor
-        self.register_buffer("memory_bank", detector.memory_bank.detach().float().cpu())  # (M, C)
-        self.size = int(detector.config.image_size)
-        self.sigma = float(detector.config.smooth_sigma)
-        self.num_neighbors = int(detector.config.num_neighbors)
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 3, S, S) in [0, 1] -> scores (B,), maps (B, S, S)."""
-        from anomaly.models.patchcore import nearest_neighbours, reweighted_scores
-
-        feats = self.extractor(images)  # (B, C, h, w)
-        b, c, h, w = feats.shape
-        feats = feats.flatten(2).transpose(1, 2)  # (B, P, C)
-        dist, nn_idx = nearest_neighbours(feats.reshape(-1, c), self.memory_bank, 1, _ALL_QUERIES)  # (B*P, 1)
-        dist, nn_idx = dist.view(b, h * w), nn_idx.view(b, h * w)  # (B, P)
-        scores = reweighted_scores(dist, nn_idx, feats, self.memory_bank, self.num_neighbors)  # (B,)
-        maps = gaussian_blur(upsample_maps(dist.view(b, h, w), (self.size, self.size)), self.sigma)  # (B, S, S)
-        return scores, maps
-
-
-class PaDiMGraph(nn.Module):
-    """Pure-tensor PaDiM scoring built from a fitted :class:`~anomaly.models.padim.PaDiM`."""
-
-    def __init__(self, detector: Detector) -> None:
-        super().__init__()
-        if detector.mean is None:
-            raise ValueError("PaDiM has no statistics: fit or load it before exporting")
-        self.extractor = detector.extractor
-        self.register_buffer("channel_index", detector.channel_index.detach().cpu())  # (d,)
-        self.register_buffer("mean", detector.mean.detach().float().cpu())  # (P, d)
-        self.register_buffer("inv_covariance", detector.inv_covariance.detach().float().cpu())  # (P, d, d)
-        self.size = int(detector.config.image_size)
-        self.sigma = float(detector.config.smooth_sigma)
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 3, S, S) in [0, 1] -> scores (B,), maps (B, S, S)."""
-        from anomaly.models.padim import mahalanobis
-
-        feats = self.extractor(images).index_select(1, self.channel_index)  # (B, d, h, w)
-        b, d, h, w = feats.shape
-        x = feats.reshape(b, d, h * w).permute(2, 0, 1)  # (P, B, d)
-        dist = mahalanobis(x, self.mean, self.inv_covariance)  # (P, B)
-        maps = gaussian_blur(upsample_maps(dist.T.reshape(b, h, w), (self.size, self.size)), self.sigma)
-        return maps.flatten(1).amax(1), maps  # (B,), (B, S, S)
-
-
 def export_graph(detector: Detector) -> nn.Module:
-    """The detector's scoring as one ``nn.Module``: (B, 3, S, S) -> (scores (B,), maps (B, S, S))."""
-    graphs = {"patchcore": PatchCoreGraph, "padim": PaDiMGraph}
-    if detector.name not in graphs:
-        raise ValueError(f"ONNX export supports {', '.join(graphs)}; a {detector.name!r} run cannot be exported")
-    return graphs[detector.name](detector).eval()
+    """The module ONNX export traces: ``detector.model`` itself, the one forward ``predict`` runs.
+
+    Raises:
+        ValueError: the method is not exportable, or the detector is not fitted.
+    """
+    if detector.name not in EXPORTABLE:
+        raise ValueError(f"ONNX export supports {', '.join(EXPORTABLE)}; a {detector.name!r} run cannot be exported")
+    if not detector.model.fitted:
+        raise ValueError(f"{detector.name} is not fitted: fit or load it before exporting")
+    return detector.model.eval()
 
 
 def export_onnx(detector: Detector, out: str | Path, opset: int = OPSET) -> Path:
@@ -121,7 +67,7 @@ def export_onnx(detector: Detector, out: str | Path, opset: int = OPSET) -> Path
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.name}.partial")
     size = int(detector.config.image_size)
-    example = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    example = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0)).to(detector.device)
     axes = {name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)}
     start = time.perf_counter()
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():

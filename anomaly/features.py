@@ -240,11 +240,6 @@ class FeatureExtractor(nn.Module):
         """Channels of the concatenated feature map."""
         return sum(self.channels) if self.layer_dim is None else self.layer_dim * len(self.channels)
 
-    @property
-    def stride(self) -> int:
-        """Stride of the output map relative to the input image (the finest requested stride)."""
-        return self.strides[0]
-
     def train(self, mode: bool = True) -> "FeatureExtractor":
         """Stays in eval mode (frozen BatchNorm statistics) whatever ``mode`` says."""
         return super().train(False)
@@ -275,10 +270,3 @@ class FeatureExtractor(nn.Module):
                 fmap = F.interpolate(fmap, size=size, mode="bilinear", align_corners=False)
             out.append(fmap)
         return torch.cat(out, dim=1)  # (B, C, h, w), usually in channels-last memory layout
-
-
-def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Bilinear (antialiased) resize of (B, 3, H, W) images to (B, 3, size, size); no-op when already there."""
-    if tuple(images.shape[-2:]) == (size, size):
-        return images
-    return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)

@@ -43,6 +43,7 @@ from anomaly.regions import find_regions
 from anomaly.runs import atomic_run_dir, check_run_dir, read_config, read_dict, read_metrics, read_threshold
 from anomaly.thresholds import (DEFAULT_ESTIMATOR, DEFAULT_PIXEL_FPR, DEFAULT_TARGET_FRR, check_decision,
                                scores_at_threshold)
+from anomaly.uncertainty import uncertainty_metrics
 from anomaly.utils import resolve_device, seed_everything, write_json
 
 logger = logging.getLogger(__name__)
@@ -64,10 +65,6 @@ class Run:
     def image_size(self) -> int:
         return int(self.detector.config.image_size)
 
-    def predict_images(self, images: torch.Tensor, batch_size: int = 8) -> Prediction:
-        """Score (B, 3, H, W) images in [0, 1] in batches; maps come back at (H, W)."""
-        return predict_batches(self.detector, images, batch_size)
-
 
 def make_loader(samples: Sequence[D.Sample], image_size: int, batch_size: int, shuffle: bool = False,
                 seed: int = 0, num_workers: int = 0) -> DataLoader:
@@ -75,13 +72,6 @@ def make_loader(samples: Sequence[D.Sample], image_size: int, batch_size: int, s
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(D.AnomalyDataset(list(samples), image_size), batch_size=batch_size, shuffle=shuffle,
                       generator=generator, num_workers=num_workers)
-
-
-def predict_batches(detector: Detector, images: torch.Tensor, batch_size: int = 8) -> Prediction:
-    """Run ``detector.predict`` over ``images`` (N, 3, H, W) in chunks and concatenate."""
-    parts = [detector.predict(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
-    return Prediction(np.concatenate([p.image_scores for p in parts]),
-                      np.concatenate([p.anomaly_maps for p in parts]))
 
 
 def predict_loader(detector: Detector, loader: DataLoader, desc: str = "predict") -> dict[str, np.ndarray]:
@@ -227,11 +217,12 @@ def evaluation_metrics(out: dict[str, np.ndarray], samples: Sequence[D.Sample | 
 
 
 def compute_metrics(out: dict[str, np.ndarray], samples: Sequence[D.Sample | str], threshold: float) -> dict[str, Any]:
-    """Ranking metrics, the oracle F1-max, and precision/recall/F1 (overall and per defect type) at ``threshold``."""
+    """Ranking metrics with bootstrap intervals, the oracle F1-max, and precision/recall/F1 (overall, per defect
+    type and by defect size) at ``threshold``."""
     result: dict[str, Any] = {}
     result.update(ranking_metrics(out))
     result.update(scores_at_threshold(out["labels"], out["image_scores"], threshold))
-    result.update(per_defect_type(out, samples, threshold))
+    result.update(uncertainty_metrics(out, samples, threshold))  # intervals, per type and by size, flag-all F1
     return result
 
 
@@ -243,20 +234,6 @@ def ranking_metrics(out: dict[str, np.ndarray]) -> dict[str, Any]:
     return {"image_auroc": M.image_auroc(labels, scores), "pixel_auroc": M.pixel_auroc(masks, maps),
             "aupro": M.aupro(masks, maps), "f1_max_oracle": f1, "f1_max": f1,  # same number, the issue's key name
             "n_test_images": int(len(labels))}
-
-
-def per_defect_type(out: dict[str, np.ndarray], samples: Sequence[D.Sample | str], threshold: float) -> dict:
-    """``{"per_defect_type": {name: {n, image_auroc (vs all good), recall_at_threshold}}}``."""
-    labels, scores = out["labels"], out["image_scores"]
-    defect_types = np.array([getattr(s, "defect_type", s) for s in samples])
-    good = defect_types == "good"
-    per_type = {}
-    for name in sorted(set(defect_types) - {"good"}):
-        keep = good | (defect_types == name)
-        per_type[name] = {"n": int((defect_types == name).sum()),
-                          "image_auroc": M.image_auroc(labels[keep], scores[keep]),
-                          "recall_at_threshold": float((scores[defect_types == name] >= threshold).mean())}
-    return {"per_defect_type": per_type}
 
 
 def load_run(run_dir: str | Path, device: str = "cpu") -> Run:

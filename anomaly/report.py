@@ -2,7 +2,8 @@
 
 ``build_report`` executes ``notebooks/NN_name.ipynb`` in order -- the training and evaluation
 notebooks once per method -- with parameters injected (papermill), writes ``OUT/NN_name[_method].ipynb``
-and ``.html`` (nbconvert), and ``OUT/index.html`` linking them with a table of the runs' test metrics.
+and ``.html`` (nbconvert), and ``OUT/index.html``: the answer (generated from the numbers, with the no-learning baseline and the
+bootstrap intervals), the comparison figure, example heatmaps per method, the table, then the links.
 Unknown parameters are errors (papermill itself only warns); a failing cell fails the report.
 The helpers the notebooks call live in :mod:`anomaly.study`.
 """
@@ -13,6 +14,7 @@ import contextlib
 import html
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,14 +23,13 @@ from typing import Any, Iterator, Sequence
 import nbformat
 import papermill
 
-from anomaly.study import metrics_table
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+REPO_ROOT = Path(__file__).resolve().parents[1]  # the source checkout, when the package runs from one
+PACKAGED_NOTEBOOKS = Path(__file__).resolve().parent / "notebooks"  # where a wheel installs them (package data)
 KERNEL = "python3"
-METHODS = ("autoencoder", "padim", "patchcore")
+METHODS = ("intensity", "autoencoder", "padim", "patchcore")  # intensity: the no-learning baseline
 PER_METHOD = ("02_training", "03_evaluation")  # executed once per method
 # The kernels inherit these: no progress bars (or tqdm's "IProgress not found" warning) in the executed notebooks.
 KERNEL_ENV = {"TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore:IProgress not found"}
@@ -36,17 +37,21 @@ KERNEL_ENV = {"TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore:IProgress not found
 # autoencoder trains 30 (synthetic) or 50 (real) epochs instead of its default 100 -- about 2.5 s per epoch over 180
 # images at 128 px on an idle 2-core machine; notebook 02 shows whether its loss is still falling. The data-efficiency
 # sweep refits PatchCore on 5 subsets; its full-set point reuses the run of notebook 02. Real data otherwise uses
-# the models' defaults (0 = the method's own default: autoencoder 128 px, PaDiM and PatchCore 320 px).
+# the models' defaults (None = the method's own default: autoencoder 128 px, PaDiM and PatchCore 320 px, intensity 256).
+# The data-efficiency sweep runs 3 seeds (a band in notebook 05); on the synthetic data only 2 subset sizes + the full
+# set, so that `make report` stays under 10 minutes.
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "synthetic": {"01_data_exploration": {"image_size": 128},
+                  "intensity": {"image_size": 256, "epochs": None},
                   "autoencoder": {"image_size": 128, "epochs": 30}, "padim": {"image_size": 256},
                   "patchcore": {"image_size": 256},
-                  "05_method_comparison": {"efficiency_method": "patchcore", "image_size": 256,
-                                           "efficiency_sizes": [5, 10, 25, 50, 100]}},
-    "real": {"01_data_exploration": {"image_size": 256},
-             "autoencoder": {"image_size": 0, "epochs": 50}, "padim": {"image_size": 0}, "patchcore": {"image_size": 0},
-             "05_method_comparison": {"efficiency_method": "patchcore", "image_size": 0,
-                                      "efficiency_sizes": [5, 10, 25, 50, 100]}},
+                  "05_method_comparison": {"efficiency_methods": ["patchcore"], "image_size": 256,
+                                           "efficiency_sizes": [10, 50], "efficiency_seeds": 3}},
+    "real": {"01_data_exploration": {"image_size": 256}, "intensity": {"image_size": None, "epochs": None},
+             "autoencoder": {"image_size": None, "epochs": 50}, "padim": {"image_size": None},
+             "patchcore": {"image_size": None},
+             "05_method_comparison": {"efficiency_methods": ["patchcore"], "image_size": None,
+                                      "efficiency_sizes": [10, 25, 50, 100], "efficiency_seeds": 3}},
 }
 
 
@@ -90,14 +95,14 @@ def build_report(out_dir: Path, data: str | Path | None = None, category: str = 
 
 
 def run_jobs(jobs: Sequence[Job], out_dir: Path) -> None:
-    """Execute each job with papermill (cwd = repository root), export HTML, log the elapsed time."""
+    """Execute each job with papermill (cwd = the source checkout, else the current directory), export HTML."""
     for i, job in enumerate(jobs, 1):
         logger.info("[%d/%d] %s ...", i, len(jobs), job.stem)
         start = time.perf_counter()
         target = out_dir / f"{job.stem}.ipynb"
         try:
             papermill.execute_notebook(str(job.source), str(target), parameters=job.parameters, kernel_name=KERNEL,
-                                       language="python", cwd=str(REPO_ROOT), progress_bar=False)
+                                       language="python", cwd=str(source_checkout() or Path.cwd()), progress_bar=False)
         except papermill.PapermillExecutionError:
             logger.error("[%d/%d] %s FAILED after %.1f s; executed copy: %s", i, len(jobs), job.stem,
                          time.perf_counter() - start, target)
@@ -107,9 +112,29 @@ def run_jobs(jobs: Sequence[Job], out_dir: Path) -> None:
         logger.info("[%d/%d] %s done in %.1f s", i, len(jobs), job.stem, job.seconds)
 
 
+def source_checkout() -> Path | None:
+    """The repository root when the package runs from a source checkout (notebooks run there), else None."""
+    return REPO_ROOT if (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "notebooks").is_dir() else None
+
+
+def notebook_dir() -> Path:
+    """The notebook sources: ``notebooks/`` of the source checkout, else the copy installed with the package.
+
+    Raises:
+        FileNotFoundError: neither holds a ``NN_name.ipynb`` notebook (the message names both places).
+    """
+    checkout = source_checkout()
+    candidates = ([checkout / "notebooks"] if checkout else []) + [PACKAGED_NOTEBOOKS]
+    for folder in candidates:
+        if any(folder.glob("[0-9][0-9]_*.ipynb")):
+            return folder
+    raise FileNotFoundError(f"no report notebooks (NN_name.ipynb) in {' or '.join(map(str, candidates))}: "
+                            f"reinstall the package (`pip install anomaly`) or run from a source checkout")
+
+
 def select_notebooks(names: Sequence[str] | None) -> list[Path]:
     """Notebook sources in order; ``names`` are prefixes (``"03"``) or full stems."""
-    available = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+    available = sorted(notebook_dir().glob("[0-9][0-9]_*.ipynb"))
     if not names:
         return available
     chosen = []
@@ -145,17 +170,15 @@ def plan_jobs(sources: Sequence[Path], data: str, category: str, runs_dir: str, 
 
 
 def export_html(notebook: Path) -> Path:
-    """Write ``notebook`` as HTML next to it (code, outputs and figures embedded)."""
-    from nbconvert import HTMLExporter
+    """Write ``notebook`` as HTML next to it: figures embedded, maths pre-rendered to MathML (reads offline)."""
+    from anomaly.offline_html import export_html as offline_export
 
-    body, _ = HTMLExporter().from_notebook_node(nbformat.read(notebook, as_version=4))
-    target = notebook.with_suffix(".html")
-    target.write_text(body, encoding="utf-8")
-    return target
+    return offline_export(notebook)
 
 
 def write_index(out_dir: Path, runs_dir: Path, jobs: Sequence[Job], about: str) -> Path:
-    """``index.html``: every executed notebook in ``out_dir`` (HTML + notebook links) and the runs' test metrics.
+    """``index.html``: the answer paragraph, the comparison figure, example heatmaps per method, the rounded
+    table with intervals and margins over the baseline, then every executed notebook (HTML + notebook links).
 
     Args:
         about: one line describing the data (shown under the title).
@@ -166,27 +189,52 @@ def write_index(out_dir: Path, runs_dir: Path, jobs: Sequence[Job], about: str) 
         f"<td><a href='{html.escape(nb.name)}'>notebook</a></td>"
         f"<td>{'' if nb.stem not in seconds else f'{seconds[nb.stem]:.0f} s'}</td></tr>"
         for nb in sorted(out_dir.glob("[0-9][0-9]_*.ipynb")))
-    table = metrics_table([d for d in sorted(Path(runs_dir).glob("*")) if (d / "metrics.json").is_file()])
-    summary = (table.reset_index().to_html(index=False, float_format="{:.3f}".format, border=0) if len(table)
-               else "<p>No evaluated runs.</p>")
+    run_dirs = [d for d in (Path(runs_dir) / m for m in METHODS) if (d / "predictions.npz").is_file()]
+    lead = _evidence_html(run_dirs, out_dir) if run_dirs else "<p>No evaluated runs.</p>"
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>Anomaly detection report</title>"
-            f"<style>body{{font-family:sans-serif;max-width:64em;margin:2em auto}}td,th{{padding:.2em .8em}}</style>"
-            f"</head><body><h1>Anomaly detection report</h1><p>{html.escape(about)}</p>"
+            f"<style>body{{font-family:sans-serif;max-width:72em;margin:2em auto}}td,th{{padding:.2em .8em}}"
+            f"img{{max-width:100%}}</style></head><body><h1>Anomaly detection report</h1>"
+            f"<p>{html.escape(about)}</p>{lead}"
             f"<h2>Notebooks</h2><table><tr><th>notebook</th><th></th><th></th><th>run time</th></tr>{rows}</table>"
-            f"<p>Total run time of this build: {sum(seconds.values()) / 60:.1f} min.</p>"
-            f"<h2>Test metrics</h2>{summary}"
-            f"<p>f1, precision and recall use the threshold set from good training images only (calibration scores); f1_max_oracle picks "
-            f"its threshold with the test labels (an upper bound, not a deployable result). fit_seconds and "
-            f"predict_ms_per_image were measured on the machine that built the report.</p></body></html>\n")
+            f"<p>Total run time of this build: {sum(seconds.values()) / 60:.1f} min.</p></body></html>\n")
     index = out_dir / "index.html"
     index.write_text(page, encoding="utf-8")
     return index
 
 
+def _evidence_html(run_dirs: Sequence[Path], out_dir: Path) -> str:
+    """The answer, the comparison figure, a row of example heatmaps per method and the table, as HTML."""
+    from anomaly import evidence, viz
+    from anomaly.study import comparison_examples, load_results
+
+    results = [load_results(d) for d in run_dirs]
+    margins = evidence.margins_over_baseline(results)
+    figures = out_dir / "figures"
+    figures.mkdir(exist_ok=True)
+    viz.comparison_figure({r.method: r.metrics for r in results}).savefig(figures / "comparison.png", dpi=90)
+    viz.method_gallery(**comparison_examples(results, 4)).savefig(figures / "examples.png", dpi=70)
+    table = evidence.comparison_table(results, margins).reset_index().to_html(index=False, border=0)
+    return (f"<h2>The answer</h2><p>{_markdown_inline(evidence.answer_paragraph(results, margins))}</p>"
+            f"<img src='figures/comparison.png' alt='test metrics per method with 95 % intervals'>"
+            f"<h2>The same test images under each method</h2>"
+            f"<img src='figures/examples.png' alt='example heatmaps, one column per method'>"
+            f"<h2>Test metrics (95 % bootstrap intervals; margins over the no-learning baseline)</h2>{table}"
+            f"<p>F1 at the calibrated threshold uses a threshold set from good training images only (out-of-sample calibration scores); F1-max (oracle) "
+            f"picks its threshold with the test labels (an upper bound). 'flag every part' is the F1 of calling "
+            f"every part defective. A margin is a real difference only when its interval excludes 0.</p>")
+
+
+def _markdown_inline(text: str) -> str:
+    """Escape ``text`` and render its **bold** and `code` spans."""
+    text = html.escape(text)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+
 def _rel(path: str | Path) -> str:
-    """``path`` relative to the repository root when inside it (notebooks run there), else absolute."""
-    resolved = Path(path).resolve()
-    return str(resolved.relative_to(REPO_ROOT)) if resolved.is_relative_to(REPO_ROOT) else str(resolved)
+    """``path`` relative to the source checkout when inside it (notebooks run there), else absolute."""
+    resolved, root = Path(path).resolve(), source_checkout()
+    return str(resolved.relative_to(root)) if root and resolved.is_relative_to(root) else str(resolved)
 
 
 @contextlib.contextmanager
@@ -219,7 +267,8 @@ def _quiet(*names: str) -> Iterator[None]:
 
 
 def _ensure_synthetic(root: Path, category: str) -> Path:
-    from anomaly.synthetic import CATEGORIES, generate_dataset
+    from anomaly.synthetic import ALL_CATEGORIES as CATEGORIES
+    from anomaly.synthetic import generate_dataset
 
     if not (root / category).is_dir():
         if category not in CATEGORIES:

@@ -2,7 +2,9 @@
 
 :func:`create_app` loads a run folder once (:func:`anomaly.pipeline.load_run`) and returns a
 FastAPI app with ``GET /health``, ``GET /model``, ``POST /predict`` (multipart field ``file``),
-``POST /predict/batch`` (multipart field ``files``) and the OpenAPI docs at ``GET /docs``.
+``POST /predict/batch`` (multipart field ``files``), the inspection page at ``GET /`` and offline
+OpenAPI docs at ``GET /docs`` (:mod:`anomaly.web`); with an ``api_key``, every endpoint but
+``/health`` (and the page, which asks for the key) answers 401 without the ``X-API-Key`` header.
 Uploads are decoded from bytes (never from a filesystem path) by the data layer's defensive
 decoder (:func:`anomaly.data.decode_image`: pixel and aspect caps, cheap PIL reduction of huge
 images, a bound on concurrent heavy decodes), resized to the model's input size as the evaluation
@@ -79,7 +81,7 @@ class _Service:
 
 
 def create_app(run_dir: str | Path, runtime: str = "torch", max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-               threads: int = 1, allowed_hosts: Sequence[str] = LOOPBACK_HOSTS) -> FastAPI:
+               threads: int = 1, allowed_hosts: Sequence[str] = LOOPBACK_HOSTS, api_key: str | None = None) -> FastAPI:
     """Build the scoring app for the run in ``run_dir``.
 
     Args:
@@ -91,6 +93,7 @@ def create_app(run_dir: str | Path, runtime: str = "torch", max_upload_bytes: in
             (each on its own thread-pool thread) use the cores without oversubscribing them.
         allowed_hosts: host names accepted in the ``Host`` header (``"*"`` for any); others get 400,
             so a web page cannot reach the service through DNS rebinding. See :func:`allowed_hosts`.
+        api_key: when given, required in the ``X-API-Key`` header by every endpoint but ``/health``.
 
     Returns:
         The FastAPI application (serve it with uvicorn).
@@ -99,10 +102,15 @@ def create_app(run_dir: str | Path, runtime: str = "torch", max_upload_bytes: in
         raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     if max_upload_bytes < 1:
         raise ValueError(f"max_upload_bytes must be >= 1, got {max_upload_bytes}")
+    from anomaly.web import ApiKeyMiddleware, add_page_and_docs, check_api_key
+
     service = _load_service(Path(run_dir), runtime, threads)
-    app = FastAPI(title="anomaly", version="0.1.0",
+    _warm_up(service)
+    app = FastAPI(title="anomaly", version="0.1.0", docs_url=None, redoc_url=None,
                   description=f"Anomaly scoring with a {service.info['method']} run on {service.info['category']!r}.")
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_upload_bytes)
+    if api_key is not None:
+        app.add_middleware(ApiKeyMiddleware, api_key=check_api_key(api_key))
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts), www_redirect=False)  # outermost
 
     @app.get("/health")
@@ -124,6 +132,7 @@ def create_app(run_dir: str | Path, runtime: str = "torch", max_upload_bytes: in
             raise HTTPException(413, f"at most {MAX_BATCH_FILES} files per batch, got {len(files)}")
         return BatchResponse(results=_score_uploads(service, files))
 
+    add_page_and_docs(app)
     return app
 
 
@@ -154,10 +163,24 @@ def _load_service(run_dir: Path, runtime: str, threads: int) -> _Service:
     except (FileNotFoundError, KeyError):
         rng = {"vmin": None, "vmax": None}  # no validation quantiles: per-image range
     info = {"method": run.config.get("method", run.detector.name), "category": run.config.get("category"),
-            "image_size": run.image_size, "threshold": run.threshold, "runtime": runtime, "metrics": run.metrics}
+            "image_size": run.image_size, "threshold": run.threshold, "runtime": runtime, "metrics": run.metrics,
+            "threshold_method": run.config.get("threshold_method"), "threshold_q": run.config.get("threshold_q"),
+            "threshold_k": run.config.get("threshold_k"), "n_validation": run.config.get("n_validation"),
+            "heatmap_range": rng}
     info = _json_safe(info)
     logger.info("serving %s (%s, %d px) with %s", run_dir, info["method"], run.image_size, runtime)
     return _Service(scorer, info, run.image_size, run.threshold, rng["vmin"], rng["vmax"], run.pixel_threshold)
+
+
+def _warm_up(service: _Service) -> None:
+    """One decode, prediction and heatmap at load (lazy imports, first-run allocations), so the first upload is fast."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="PNG")
+    image = decode_image(buffer.getvalue(), service.image_size)  # (3, S, S)
+    out = service.scorer.predict(image[None])
+    _heatmap_base64(image, out.anomaly_maps[0], service)
 
 
 def _score_uploads(service: _Service, files: list[UploadFile], mask: bool = False) -> list[PredictResponse]:

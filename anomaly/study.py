@@ -29,7 +29,7 @@ from anomaly.utils import make_config, read_json
 
 @dataclass
 class RunResults:
-    """What a run folder holds after ``evaluate_run``: predictions, metrics and the validation threshold."""
+    """What a run folder holds after ``evaluate_run``: predictions, metrics and the calibrated threshold."""
 
     run_dir: Path
     method: str
@@ -60,7 +60,7 @@ class RunResults:
         indices = np.asarray(indices, dtype=int)
         return {"images": self.images(indices), "anomaly_maps": self.predictions["anomaly_maps"][indices],
                 "gt_masks": self.predictions["gt_masks"][indices], "titles": self.titles(indices),
-                "vmin": self.display_range[0], "vmax": self.display_range[1]}
+                "vmin": self.display_range[0], "vmax": self.display_range[1], "threshold": self.threshold}
 
 
 def load_results(run_dir: str | Path) -> RunResults:
@@ -80,8 +80,8 @@ def load_results(run_dir: str | Path) -> RunResults:
 
 def metrics_table(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
     """One row per evaluated run (index: method): the test metrics, fit time and speed from ``metrics.json``."""
-    columns = ["image_auroc", "pixel_auroc", "aupro", "f1", "precision", "recall", "f1_max_oracle",
-               "fit_seconds", "predict_ms_per_image"]
+    columns = ["image_auroc", "pixel_auroc", "aupro", "aupro_fpr05", "f1", "precision", "recall", "f1_max_oracle",
+               "f1_flag_all", "fit_seconds", "predict_ms_per_image"]
     rows = {}
     for run_dir in run_dirs:
         metrics = read_json(Path(run_dir) / "metrics.json")
@@ -90,8 +90,15 @@ def metrics_table(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
 
 
 def per_defect_table(metrics: dict[str, Any]) -> pd.DataFrame:
-    """Per defect type: number of test images, image AUROC (that type vs good), recall at the threshold."""
-    return pd.DataFrame.from_dict(metrics["per_defect_type"], orient="index").rename_axis("defect_type")
+    """Per defect type (rounded): test images, image AUROC (that type vs good) with its 95 % interval, recall
+    at the threshold, AUPRO@0.3 with its interval."""
+    from anomaly.evidence import fmt_ci
+
+    rows = {name: {"n": e["n"], "image AUROC [95 % CI]": fmt_ci(e["image_auroc"], e.get("image_auroc_ci")),
+                   "recall at threshold": round(e["recall_at_threshold"], 2),
+                   "AUPRO@0.3 [95 % CI]": fmt_ci(e.get("aupro"), e.get("aupro_ci"))}
+            for name, e in metrics["per_defect_type"].items()}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("defect_type")
 
 
 def summarise_metrics(metrics: dict[str, Any]) -> str:
@@ -101,16 +108,22 @@ def summarise_metrics(metrics: dict[str, Any]) -> str:
     verdict = ("near perfect" if auroc >= 0.98 else "good" if auroc >= 0.9 else "useful but imperfect"
                if auroc >= 0.75 else "weak" if auroc >= 0.6 else "close to chance, which is 0.5")
     per_type = m.get("per_defect_type", {})
+    ci = m.get("image_auroc_ci") or [np.nan, np.nan]
+    flag_all = m.get("f1_flag_all", np.nan)
     lines = [f"**{m['method']}** on `{m['category']}` ({m['n_test_images']} test images):",
-             f"- Image AUROC **{auroc:.3f}** ({verdict}): a random defective image outscores a random good one "
-             f"{100 * auroc:.0f}% of the time.",
+             f"- Image AUROC **{auroc:.3f}** (95 % bootstrap interval {ci[0]:.3f}-{ci[1]:.3f}; {verdict}): a random "
+             f"defective image outscores a random good one {100 * auroc:.0f}% of the time.",
              f"- At the threshold set from good calibration images only ({m['threshold']:.4g}): recall {m['recall']:.2f} "
              f"({m['tp']} of {m['tp'] + m['fn']} defective caught), precision {m['precision']:.2f}, "
              f"{m['fp']} of {m['fp'] + m['tn']} good images falsely rejected; F1 {m['f1']:.3f}.",
-             f"- The ORACLE F1-max (threshold picked with the test labels) is {m['f1_max_oracle']:.3f}: the gap of "
-             f"{m['f1_max_oracle'] - m['f1']:.3f} to the honest F1 is the price of not seeing defects beforehand.",
-             f"- Localisation: pixel AUROC {m['pixel_auroc']:.3f}, AUPRO@0.3 {m['aupro']:.3f} "
-             f"(AUPRO weights every defect region equally, so small defects count as much as large ones)."]
+             f"- Flagging every part, with no model at all, gives F1 {flag_all:.3f} (recall 1, precision = the test "
+             f"set's defect rate). The ORACLE F1-max (threshold picked with the test labels) is "
+             f"{m['f1_max_oracle']:.3f}, {m['f1_max_oracle'] - flag_all:+.3f} over that floor"
+             + (": the ranking adds little beyond it." if m['f1_max_oracle'] - flag_all < 0.02 else ".")
+             + f" The honest F1 at the calibrated threshold is {m['f1']:.3f}.",
+             f"- Localisation: pixel AUROC {m['pixel_auroc']:.3f}, AUPRO@0.3 {m['aupro']:.3f}, AUPRO@0.05 "
+             f"{m.get('aupro_fpr05', np.nan):.3f} (AUPRO weights every defect region equally; the 0.05 limit only "
+             f"credits maps that flag few good pixels)."]
     if per_type:
         ranked = sorted(per_type.items(), key=lambda kv: kv[1]["image_auroc"])
         lines.append(f"- Hardest defect type: `{ranked[0][0]}` (AUROC {ranked[0][1]['image_auroc']:.3f}); easiest: "
@@ -122,7 +135,7 @@ def summarise_comparison(table: pd.DataFrame) -> str:
     """Markdown: which method wins on each metric, and how fast each is, from :func:`metrics_table`."""
     lines = []
     for column, label in (("image_auroc", "detection (image AUROC)"), ("pixel_auroc", "localisation (pixel AUROC)"),
-                          ("aupro", "region overlap (AUPRO@0.3)"), ("f1", "F1 at the validation threshold")):
+                          ("aupro", "region overlap (AUPRO@0.3)"), ("f1", "F1 at the calibrated threshold")):
         ranked = table[column].sort_values(ascending=False)
         others = ", ".join(f"{k} {v:.3f}" for k, v in ranked.iloc[1:].items())
         lines.append(f"- Best {label}: **{ranked.index[0]}** ({ranked.iloc[0]:.3f}){'; ' + others if others else ''}.")
@@ -134,8 +147,9 @@ def summarise_comparison(table: pd.DataFrame) -> str:
 
 
 def summarise_efficiency(table: pd.DataFrame, metric: str = "image_auroc") -> str:
-    """Markdown: how ``metric`` grows with the number of good training images (from :func:`data_efficiency`)."""
+    """Markdown: how ``metric`` (mean over seeds) grows with the number of good training images (:func:`data_efficiency`)."""
     lines = []
+    table = table.groupby(["method", "n_train"], as_index=False)[metric].mean()  # mean over seeds
     for method, rows in table.groupby("method"):
         rows = rows.sort_values("n_train")
         best = rows[metric].max()
@@ -148,30 +162,36 @@ def summarise_efficiency(table: pd.DataFrame, metric: str = "image_auroc") -> st
 
 def data_efficiency(data: str | Path, category: str, method: str, sizes: Sequence[int], out_dir: str | Path,
                     params: dict[str, Any] | None = None, device: str = "auto", seed: int = 0,
-                    reuse: Sequence[str | Path] = ()) -> pd.DataFrame:
-    """Fit + evaluate ``method`` with ``max_train = n`` for each size (plus the full training set).
+                    reuse: Sequence[str | Path] = (), seeds: int = 3) -> pd.DataFrame:
+    """Fit + evaluate ``method`` with ``max_train = n`` for each size (plus the full training set), ``seeds`` times.
+
+    Seed ``seed + k`` draws the subset, the validation carve and the detector's randomness; the test
+    set is the same for every fit, so the spread over seeds is the spread due to *which* good parts
+    were seen (notebook 05 plots it as a band).
 
     Args:
         reuse: evaluated run folders; one fitted on the full training set with the same data, method,
-            parameters and seed supplies the last point instead of an identical refit.
+            parameters and seed supplies that point instead of an identical refit.
 
     Returns:
-        One row per size: method, n_train, image_auroc, pixel_auroc, aupro, fit_seconds, run_dir.
+        One row per (seed, size): method, seed, n_train, image_auroc, pixel_auroc, aupro, aupro_fpr05,
+        fit_seconds, run_dir.
     """
     from anomaly.pipeline import evaluate_run, fit_run
 
-    n_all = len(D.load_splits(data, category, seed=seed).train)
-    full = next((Path(r) for r in reuse if _same_run(r, data, category, method, params, seed)), None)
     rows = []
-    for n in tqdm(sorted({n for n in sizes if 0 < n < n_all} | {n_all}), desc="data efficiency"):
-        run_dir = full if n == n_all and full is not None else None
-        if run_dir is None:
-            run_dir = fit_run(data, category, method, Path(out_dir) / f"{method}_n{n:04d}", params=params,
-                              device=device, seed=seed, max_train=n)
-            evaluate_run(run_dir, device=device)
-        m = read_json(Path(run_dir) / "metrics.json")
-        rows.append({"method": method, "n_train": n, **{k: m[k] for k in ("image_auroc", "pixel_auroc", "aupro",
-                                                                           "fit_seconds")}, "run_dir": str(run_dir)})
+    for s in range(seed, seed + max(seeds, 1)):
+        n_all = len(D.load_splits(data, category, seed=s).train)
+        full = next((Path(r) for r in reuse if _same_run(r, data, category, method, params, s)), None)
+        for n in tqdm(sorted({n for n in sizes if 0 < n < n_all} | {n_all}), desc=f"data efficiency, seed {s}"):
+            run_dir = full if n == n_all and full is not None else None
+            if run_dir is None:
+                run_dir = fit_run(data, category, method, Path(out_dir) / f"{method}_s{s}_n{n:04d}", params=params,
+                                  device=device, seed=s, max_train=n)
+                evaluate_run(run_dir, device=device)
+            m = read_json(Path(run_dir) / "metrics.json")
+            rows.append({"method": method, "seed": s, "n_train": n, "run_dir": str(run_dir), **{
+                k: m.get(k, np.nan) for k in ("image_auroc", "pixel_auroc", "aupro", "aupro_fpr05", "fit_seconds")}})
     return pd.DataFrame(rows)
 
 
@@ -199,22 +219,25 @@ def _same_run(run_dir: str | Path, data: str | Path, category: str, method: str,
     return read_json(run_dir / "model.json")["config"] == expected
 
 
-def model_params(method: str, image_size: int = 0, epochs: int = 0) -> dict[str, Any]:
-    """Detector parameters from notebook parameters: 0 = the method's default; ``epochs`` is autoencoder-only."""
-    params: dict[str, Any] = {"image_size": image_size} if image_size else {}
-    if epochs and method == "autoencoder":
+def model_params(method: str, image_size: int | None = None, epochs: int | None = None) -> dict[str, Any]:
+    """Detector parameters from notebook parameters: None = the method's default (the one sentinel, as an absent
+    CLI flag); ``epochs`` is autoencoder-only and ignored for the other methods."""
+    params: dict[str, Any] = {"image_size": image_size} if image_size is not None else {}
+    if epochs is not None and method == "autoencoder":
         params["epochs"] = epochs
     return params
 
 
 def pick_cases(results: RunResults, n: int = 4) -> dict[str, np.ndarray]:
-    """Test indices of true positives (highest scores), false negatives (lowest) and false positives (highest)."""
+    """Test indices of true positives (highest scores), false negatives (lowest), false positives (highest) and
+    the highest-scoring good parts (flagged or not)."""
     scores, labels = results.predictions["image_scores"], results.predictions["labels"].astype(bool)
     flagged = scores >= results.threshold
     order = np.argsort(-scores)  # most anomalous first
     cases = {"true positives": order[(labels & flagged)[order]][:n],
              "false negatives": order[(labels & ~flagged)[order]][::-1][:n],
-             "false positives": order[(~labels & flagged)[order]][:n]}
+             "false positives": order[(~labels & flagged)[order]][:n],
+             "highest-scoring good parts": order[(~labels)[order]][:n]}  # shown when there is no false positive
     return cases
 
 
@@ -234,17 +257,18 @@ def summarise_cases(results: RunResults, cases: dict[str, np.ndarray]) -> str:
     return "\n".join(lines)
 
 
-def comparison_examples(results: Sequence[RunResults], n: int = 4) -> dict[str, Any]:
+def comparison_examples(results: Sequence[RunResults], n: int | None = None) -> dict[str, Any]:
     """Keyword arguments of :func:`anomaly.viz.method_gallery`: the same test images under every run.
 
-    One defective image per defect type (up to ``n - 1``) and one good image; maps of runs evaluated at
-    different resolutions are resized bilinearly to the largest one.
+    One defective image per defect type (up to ``n - 1``; None = every type) and one good image; maps of runs
+    evaluated at different resolutions are resized bilinearly to the largest one.
     """
     first = results[0].predictions
     for other in results[1:]:
         if not np.array_equal(other.predictions["image_paths"], first["image_paths"]):
             raise ValueError(f"{other.run_dir} was evaluated on other test images than {results[0].run_dir}")
     types = first["defect_types"]
+    n = len(set(types)) if n is None else n
     chosen = [int(np.flatnonzero(types == t)[0]) for t in sorted(set(types) - {"good"})][: max(n - 1, 1)]
     chosen = (chosen + [int(i) for i in np.flatnonzero(types == "good")[:1]])[:n]
     big = max(results, key=lambda r: r.predictions["anomaly_maps"].shape[-1])
@@ -341,7 +365,7 @@ def fitted_state_table(run_dir: str | Path) -> pd.DataFrame:
 
 
 def summarise_fit(run_dir: str | Path) -> str:
-    """Markdown: what the run fitted, on how many images, how long it took, and its validation threshold."""
+    """Markdown: what the run fitted, on how many images, how long it took, and its calibrated threshold."""
     run_dir = Path(run_dir)
     config, fit, thr = (read_json(run_dir / f) for f in ("config.json", "fit.json", "threshold.json"))
     model = read_json(run_dir / "model.json")

@@ -6,7 +6,7 @@ are freed when dropped. Images are ``(3, H, W)`` tensors/arrays in [0, 1] (or ``
 ``(H, W)``); anomaly maps are ``(H, W)``; ground-truth masks ``(H, W)`` of 0/1.
 
 Heatmap colour ranges (``vmin``/``vmax``) should come from validation GOOD images
-(``report.RunResults.display_range``), never from the maps being shown -- otherwise every
+(``study.RunResults.display_range``), never from the maps being shown -- otherwise every
 image, good or not, is stretched to look equally anomalous.
 """
 
@@ -63,24 +63,14 @@ def _draw_overlay(ax, image, anomaly_map=None, gt_mask=None, vmin=None, vmax=Non
     return artist
 
 
-def overlay(image, anomaly_map: np.ndarray, gt_mask: np.ndarray | None = None, *, vmin: float | None = None,
-            vmax: float | None = None, alpha: float = 0.5, title: str | None = None) -> Figure:
-    """One image with its heatmap blended on top and the ground-truth outline (green).
-
-    Args:
-        image: (3, H, W) in [0, 1]. anomaly_map: (H, W). gt_mask: (H, W) 0/1 or None.
-        vmin, vmax: heatmap colour range (from validation images); alpha: heatmap opacity.
-    """
-    fig, axes = _new_figure(1, 1, cell=4.0)
-    artist = _draw_overlay(axes[0, 0], image, anomaly_map, gt_mask, vmin, vmax, alpha, title)
-    fig.colorbar(artist, ax=axes[0, 0], shrink=0.8, label="anomaly score")
-    return fig
-
-
 def heatmap_gallery(images: Sequence, anomaly_maps: Sequence, gt_masks: Sequence | None = None,
                     titles: Sequence[str] | None = None, *, ncols: int = 4, vmin: float | None = None,
-                    vmax: float | None = None, alpha: float = 0.5) -> Figure:
-    """A grid of overlays (one per image), all with the same colour range, GT outlines in green."""
+                    vmax: float | None = None, alpha: float = 0.5, threshold: float | None = None) -> Figure:
+    """A grid of overlays (one per image), all with the same colour range and one colour bar, GT outlines in green.
+
+    ``threshold``: marked on the colour bar and outlined (white dashes) where a map reaches it. For methods whose
+    image score is the map's maximum, a map crossing it is a flagged part (PatchCore re-weights its score: Eq. 7).
+    """
     n = len(images)
     if n == 0:  # e.g. no false negatives at this threshold
         fig, axes = _new_figure(1, 1, cell=2.0)
@@ -90,12 +80,20 @@ def heatmap_gallery(images: Sequence, anomaly_maps: Sequence, gt_masks: Sequence
     ncols = min(ncols, n)
     nrows = -(-n // ncols)
     fig, axes = _new_figure(nrows, ncols)
+    artist = None
     for i, ax in enumerate(axes.flat):
         if i >= n:
             ax.set_axis_off()
             continue
         mask = None if gt_masks is None else gt_masks[i]
-        _draw_overlay(ax, images[i], anomaly_maps[i], mask, vmin, vmax, alpha, titles[i] if titles else None)
+        artist = _draw_overlay(ax, images[i], anomaly_maps[i], mask, vmin, vmax, alpha, titles[i] if titles else None)
+        if threshold is not None and np.nanmax(anomaly_maps[i]) >= threshold:
+            ax.contour(np.asarray(anomaly_maps[i], dtype=np.float32), levels=[threshold], colors="white",
+                       linewidths=1.0, linestyles="dashed")
+    bar = fig.colorbar(artist, ax=axes, shrink=0.8, label="anomaly score")
+    if threshold is not None:
+        bar.ax.axhline(threshold, color="white", linewidth=2, linestyle="--")
+        bar.ax.set_ylabel(f"anomaly score (dashed: threshold {threshold:.3g})")
     return fig
 
 
@@ -221,12 +219,21 @@ def pro_figure(predictions: Mapping[str, Mapping[str, np.ndarray]], fpr_limit: f
 
 
 def score_histogram(labels: np.ndarray, scores: np.ndarray, threshold: float,
-                    oracle_threshold: float | None = None, bins: int = 30) -> Figure:
-    """Histograms of image scores, good vs defective, with the validation and ORACLE thresholds."""
+                    oracle_threshold: float | None = None, bins: int = 30,
+                    validation_scores: np.ndarray | None = None) -> Figure:
+    """Histograms of image scores, good vs defective, with the validation and ORACLE thresholds.
+
+    ``validation_scores``: the good validation (calibration) images' scores the threshold was fitted on,
+    drawn as an outline histogram.
+    """
     labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
     fig, axes = _new_figure(1, 1, cell=4.5)
     ax = axes[0, 0]
-    edges = np.histogram_bin_edges(np.append(scores, threshold), bins=bins)
+    calib = np.asarray(validation_scores if validation_scores is not None else [], dtype=np.float64)
+    edges = np.histogram_bin_edges(np.concatenate([scores, calib, [threshold]]), bins=bins)
+    if calib.size:
+        ax.hist(calib, bins=edges, histtype="step", linewidth=2, color="tab:blue",
+                label=f"good validation = calibration (n={calib.size})")
     ax.hist(scores[labels == 0], bins=edges, alpha=0.6, color="tab:green", label=f"good (n={int((labels == 0).sum())})")
     ax.hist(scores[labels == 1], bins=edges, alpha=0.6, color="tab:red",
             label=f"defective (n={int((labels == 1).sum())})")
@@ -265,16 +272,49 @@ def loss_curve(history: Sequence[float], title: str = "autoencoder training loss
     return fig
 
 
-def data_efficiency_figure(table: pd.DataFrame, metric: str = "image_auroc") -> Figure:
-    """``metric`` vs number of good training images (log x), one line per ``method`` column value."""
-    fig, axes = _new_figure(1, 1, cell=4.5)
+def data_efficiency_figure(table: pd.DataFrame, metrics: Sequence[str] = ("image_auroc", "pixel_auroc", "aupro"),
+                           baselines: Mapping[str, Mapping[str, float]] | None = None) -> Figure:
+    """Each metric vs number of good training images (log x): mean over seeds with a min-max band per method.
+
+    Args:
+        table: rows of ``method, seed, n_train`` and the metric columns (:func:`anomaly.study.data_efficiency`).
+        baselines: ``{name: {metric: value}}`` drawn as dotted horizontal lines (e.g. the no-learning baseline).
+    """
+    fig, axes = _new_figure(1, len(metrics), cell=4.0)
+    for ax, metric in zip(axes[0], metrics):
+        for method, rows in table.groupby("method"):
+            stats = rows.groupby("n_train")[metric].agg(["mean", "min", "max"])
+            n_seeds = rows["seed"].nunique() if "seed" in rows else 1
+            line, = ax.plot(stats.index, stats["mean"], marker="o", label=f"{method} (mean of {n_seeds} seeds)")
+            ax.fill_between(stats.index, stats["min"], stats["max"], color=line.get_color(), alpha=0.2)
+        for name, values in (baselines or {}).items():
+            if metric in values:
+                ax.axhline(values[metric], color="grey", linestyle=":", label=f"{name} (no learning)")
+        if metric.endswith("auroc"):
+            ax.axhline(0.5, color="black", linewidth=0.8, linestyle="--", label="chance")
+        ax.set(xscale="log", xlabel="good training images", ylabel=metric.replace("_", " "), title=metric)
+        ax.grid(alpha=0.3, which="both")
+    axes[0, 0].legend(fontsize=8)
+    return fig
+
+
+def comparison_figure(metrics_by_method: Mapping[str, Mapping], keys: Sequence[str] = (
+        "image_auroc", "pixel_auroc", "aupro", "aupro_fpr05")) -> Figure:
+    """Grouped bars of each metric per method with its 95 % interval (``<key>_ci``) as an error bar."""
+    fig, axes = _new_figure(1, 1, cell=5.0)
     ax = axes[0, 0]
-    for method, rows in table.groupby("method"):
-        rows = rows.sort_values("n_train")
-        ax.plot(rows["n_train"], rows[metric], marker="o", label=method)
-    ax.set(xscale="log", xlabel="good training images", ylabel=metric.replace("_", " "), title="data efficiency")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend()
+    methods = list(metrics_by_method)
+    width = 0.8 / max(len(methods), 1)
+    for j, method in enumerate(methods):
+        m = metrics_by_method[method]
+        values = np.array([m.get(k, np.nan) for k in keys], dtype=float)
+        cis = np.array([m.get(f"{k}_ci") or [v, v] for k, v in zip(keys, values)], dtype=float)
+        err = np.abs(cis.T - values)  # (2, K)
+        ax.bar(np.arange(len(keys)) + j * width, values, width, yerr=err, capsize=3, label=method)
+    ax.axhline(0.5, color="black", linewidth=0.8, linestyle="--", label="chance (AUROC)")
+    ax.set_xticks(np.arange(len(keys)) + 0.4 - width / 2, [k.replace("_", " ") for k in keys])
+    ax.set(ylim=(0, 1.05), ylabel="value (95 % bootstrap interval)", title="test metrics per method")
+    ax.legend(fontsize=8, loc="lower left")
     return fig
 
 
@@ -348,4 +388,44 @@ def operating_point_figure(calibration_scores: np.ndarray, labels: np.ndarray, s
     ax.set(xlabel="false-reject rate (good parts rejected)", ylabel="recall (defects caught)",
            xlim=(0, max(0.3, 2 * frr)), ylim=(0, 1.02), title="false rejects vs escapes")
     ax.legend(fontsize=7, loc="lower right")
+    return fig
+
+
+def patch_pair_figure(test_image, test_cell: tuple[int, int], good_image, good_cell: tuple[int, int], cell_px: int,
+                      stride: int, title_test: str = "test patch", title_good: str = "nearest good patch") -> Figure:
+    """A test image and a good image side by side, each with a box around one patch cell (row, col) of the grid.
+
+    The box spans the patch's neighbourhood (``cell_px`` px), centred on the cell (``stride`` px per cell).
+    """
+    from matplotlib.patches import Rectangle
+
+    fig, axes = _new_figure(1, 2, cell=4.0)
+    for ax, image, (r, c), title in ((axes[0, 0], test_image, test_cell, title_test),
+                                     (axes[0, 1], good_image, good_cell, title_good)):
+        ax.imshow(to_display(image))
+        y, x = (r + 0.5) * stride - cell_px / 2, (c + 0.5) * stride - cell_px / 2
+        ax.add_patch(Rectangle((x, y), cell_px, cell_px, fill=False, edgecolor="red", linewidth=2))
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    return fig
+
+
+def detection_by_size_figure(table: pd.DataFrame) -> Figure:
+    """Recall at the threshold and image AUROC vs good, per defect-area bin (x) and method (lines).
+
+    Args:
+        table: :func:`anomaly.evidence.size_table` (index: defect area, n; columns: (metric, method)).
+    """
+    fig, axes = _new_figure(1, 2, cell=4.2)
+    labels = [f"{area}\n(n={n})" for area, n in table.index]
+    x = np.arange(len(labels))
+    for ax, metric in zip(axes[0], ("recall at threshold", "image AUROC vs good")):
+        for method in table[metric].columns:
+            ax.plot(x, table[metric][method].to_numpy(dtype=float), marker="o", label=method)
+        if metric.startswith("image AUROC"):
+            ax.axhline(0.5, color="black", linewidth=0.8, linestyle="--", label="chance")
+        ax.set_xticks(x, labels, fontsize=7)
+        ax.set(ylim=(-0.02, 1.02), xlabel="defect area (% of the image)", ylabel=metric, title=metric)
+        ax.grid(alpha=0.3)
+    axes[0, 1].legend(fontsize=8)
     return fig

@@ -41,3 +41,15 @@ def tiny_mvtec(tmp_path) -> Path:
         mask[8:12, 8 + i:12 + i] = 255
         _write(cat / "ground_truth" / "crack" / f"{i:03d}_mask.png", mask)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def patchcore_run(synthetic_root, tmp_path_factory) -> Path:
+    """A tiny PatchCore run folder on ``screw_like`` (64 px), fitted once per session."""
+    import torch
+
+    from anomaly.pipeline import fit_run
+
+    torch.set_num_threads(2)
+    return fit_run(synthetic_root, "screw_like", "patchcore", tmp_path_factory.mktemp("patchcore_run") / "run",
+                   params={"image_size": 64}, device="cpu", batch_size=4)

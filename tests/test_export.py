@@ -103,10 +103,35 @@ def test_onnx_service_exports_on_the_fly(run_dir, synthetic_root, tmp_path):
         assert onnx_client.post("/predict", files={"file": ("b.txt", b"text", "text/plain")}).status_code == 415
 
 
+@pytest.mark.parametrize("method", ["patchcore", "padim"])
+def test_predict_and_export_share_one_module(method, request, tmp_path, monkeypatch):
+    """The exported graph IS ``detector.model``: a change to its forward changes predict and ONNX alike."""
+    import onnxruntime as ort
+
+    from anomaly.export import export_onnx
+
+    detector = _loaded(request.getfixturevalue("padim_dir" if method == "padim" else "run_dir")).detector
+    assert export_graph(detector) is detector.model
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(7))
+    before = detector.predict(images)
+    forward = type(detector.model).forward
+    monkeypatch.setattr(type(detector.model), "forward", lambda self, x: tuple(2.0 * t for t in forward(self, x)))
+    after = detector.predict(images)
+    np.testing.assert_allclose(after.image_scores, 2.0 * before.image_scores, rtol=1e-6)
+    np.testing.assert_allclose(after.anomaly_maps, 2.0 * before.anomaly_maps, rtol=1e-6)
+    session = ort.InferenceSession(str(export_onnx(detector, tmp_path / "m.onnx")), providers=["CPUExecutionProvider"])
+    scores, maps = session.run(None, {"images": images.numpy()})
+    scale = float(np.abs(after.image_scores).max())
+    np.testing.assert_allclose(scores, after.image_scores, rtol=1e-4, atol=1e-4 * scale)
+    np.testing.assert_allclose(maps, after.anomaly_maps, rtol=1e-4, atol=1e-4 * scale)
+
+
 def test_export_refuses_unsupported_method():
     detector = create_detector("autoencoder", {"image_size": 32, "base_channels": 4, "latent_dim": 8})
     with pytest.raises(ValueError, match="cannot be exported"):
         export_graph(detector)
+    with pytest.raises(ValueError, match="not fitted"):
+        export_graph(create_detector("padim", {"image_size": 64, "n_features": 8}))
 
 
 def test_latency_table(exported, run_dir):

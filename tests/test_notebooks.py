@@ -12,7 +12,8 @@ from anomaly import cli
 from anomaly.report import METHODS, build_report, plan_jobs, select_notebooks
 
 # Tiny everything: 64 px, 2 autoencoder epochs, two data-efficiency sizes, one example per case.
-TINY = {"image_size": 64, "epochs": 2, "efficiency_sizes": [3], "n_examples": 2, "n_per_case": 2, "per_type": 1}
+TINY = {"image_size": 64, "epochs": 2, "efficiency_sizes": [3], "efficiency_seeds": 2, "n_examples": 2, "n_per_case": 2,
+        "per_type": 1}
 STEMS = (["01_data_exploration"] + [f"02_training_{m}" for m in METHODS] + [f"03_evaluation_{m}" for m in METHODS]
          + ["04_heatmap_gallery", "05_method_comparison"])
 
@@ -40,8 +41,9 @@ def test_notebooks_write_run_folders_and_conclusions(report):
     for method in METHODS:
         metrics = json.loads((runs / method / "metrics.json").read_text())
         assert metrics["method"] == method and 0.0 <= metrics["image_auroc"] <= 1.0
-    refits = list((runs / "efficiency").glob("*/metrics.json"))
-    assert [p.parent.name for p in refits] == ["patchcore_n0003"]  # the full-set point reuses runs/patchcore
+    refits = sorted(p.parent.name for p in (runs / "efficiency").glob("*/metrics.json"))
+    # 2 seeds x (3 images + the full set); seed 0's full-set point reuses runs/patchcore
+    assert refits == ["patchcore_s0_n0003", "patchcore_s1_n0003", "patchcore_s1_n0010"]
     nb = nbformat.read(out / "03_evaluation_patchcore.ipynb", as_version=4)
     conclusion = nb.cells[-1].outputs[0]["data"]["text/markdown"]
     assert f"{json.loads((runs / 'patchcore' / 'metrics.json').read_text())['image_auroc']:.3f}" in conclusion
@@ -87,3 +89,21 @@ def test_plan_runs_training_and_evaluation_once_per_method():
     assert [j.parameters["run_dir"] for j in jobs[:3]] == [f"runs/{m}" for m in METHODS]
     assert all(j.parameters["image_size"] == 96 for j in jobs if "image_size" in j.parameters)
     assert "image_size" not in jobs[3].parameters  # 03 has no such parameter: not injected
+
+
+def test_training_run_dir_follows_method(tmp_path, synthetic_root):
+    """02's run_dir defaults to weights/report/<method> (the None sentinel): changing only method never
+    overwrites another method's run."""
+    import papermill
+
+    from anomaly.explain import run_dir_for
+    from anomaly.report import NOTEBOOK_DIR
+
+    assert [run_dir_for(m) for m in METHODS] == [f"weights/report/{m}" for m in METHODS]
+    assert run_dir_for("padim", "mine") == "mine"
+    assert papermill.inspect_notebook(str(NOTEBOOK_DIR / "02_training.ipynb"))["run_dir"]["default"] == "None"
+    papermill.execute_notebook(str(NOTEBOOK_DIR / "02_training.ipynb"), str(tmp_path / "02.ipynb"), kernel_name="python3",
+                               parameters={"data": str(synthetic_root), "method": "intensity", "image_size": 64},
+                               cwd=str(tmp_path), progress_bar=False)
+    assert (tmp_path / "weights" / "report" / "intensity" / "model.json").is_file()
+    assert not (tmp_path / "weights" / "report" / "autoencoder").exists()

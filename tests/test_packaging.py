@@ -1,8 +1,11 @@
 """The two requirement lists (pyproject.toml, environment.yml) agree, and the torch pins stay put."""
 
 import re
+import shutil
 import tomllib
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,3 +41,47 @@ def test_ci_runs_the_readme_test_command():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     readme = (ROOT / "README.md").read_text()
     assert "make report" in readme and "make test" in readme
+
+
+def test_every_package_is_listed():
+    """pyproject lists packages explicitly (for the notebooks' package-dir): a new subpackage must be added."""
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "anomaly").rglob("__init__.py")}
+    assert listed == found | {"anomaly.notebooks"}
+
+
+def test_wheel_ships_the_report_notebooks(tmp_path):
+    """`anomaly report` works from an installed wheel: the notebooks are package data (anomaly/notebooks)."""
+    import subprocess
+    import sys
+    import zipfile
+
+    src = tmp_path / "src"  # build a copy: a build leaves build/ and *.egg-info behind
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    for name in ("anomaly", "notebooks"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path / "dist")], check=True, capture_output=True, timeout=300)
+    (wheel,) = (tmp_path / "dist").glob("anomaly-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {f"anomaly/notebooks/{p.name}" for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")} <= names
+    assert "anomaly/report.py" in names and "anomaly/models/patchcore.py" in names
+
+
+def test_report_uses_installed_notebooks_or_says_where_it_looked(tmp_path, monkeypatch, capsys):
+    from anomaly import cli, report
+
+    site = tmp_path / "site-packages"  # an installed package: no source checkout around it
+    monkeypatch.setattr(report, "REPO_ROOT", site)
+    monkeypatch.setattr(report, "PACKAGED_NOTEBOOKS", site / "anomaly" / "notebooks")
+    assert report.source_checkout() is None
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["report", "--out", str(tmp_path / "out"), "--data", str(tmp_path), "--notebooks", "01"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "no report notebooks" in err and str(site / "anomaly" / "notebooks") in err
+    shutil.copytree(ROOT / "notebooks", site / "anomaly" / "notebooks")
+    assert report.notebook_dir() == site / "anomaly" / "notebooks"
+    assert [p.stem for p in report.select_notebooks(["01"])] == ["01_data_exploration"]
+    assert report._rel(tmp_path / "data") == str((tmp_path / "data").resolve())  # absolute: cwd is the user's

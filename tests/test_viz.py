@@ -42,20 +42,22 @@ def test_to_display_accepts_chw_tensor_hwc_and_gray():
     assert viz.to_display(np.ones((H, W)) * 2).max() == 1.0  # clipped to [0, 1]
 
 
-def test_overlay_has_image_and_colorbar():
-    mask = np.zeros((H, W))
-    mask[5:10, 5:10] = 1
-    fig = viz.overlay(torch.rand(3, H, W), np.random.rand(H, W), mask, vmin=0, vmax=1, title="x")
-    assert isinstance(fig, Figure)
-    assert len(_image_axes(fig)) == 1 and len(fig.axes) == 2
-    assert _image_axes(fig)[0].get_title() == "x"
-
-
-@pytest.mark.parametrize("n, ncols, shown", [(5, 4, 8), (2, 4, 2), (0, 4, 1)])
+@pytest.mark.parametrize("n, ncols, shown", [(5, 4, 8 + 1), (2, 4, 2 + 1), (0, 4, 1)])  # + the colour bar
 def test_heatmap_gallery_grid(n, ncols, shown):
     fig = viz.heatmap_gallery(torch.rand(n, 3, H, W), np.random.rand(n, H, W), np.zeros((n, H, W)),
                               [f"t{i}" for i in range(n)], ncols=ncols, vmin=0, vmax=1)
     assert isinstance(fig, Figure) and len(fig.axes) == shown
+
+
+def test_heatmap_gallery_marks_the_threshold_on_its_colour_bar():
+    fig = viz.heatmap_gallery(torch.rand(2, 3, H, W), np.random.rand(2, H, W), vmin=0, vmax=1, threshold=0.7)
+    bar = fig.axes[-1]
+    assert "threshold 0.7" in bar.get_ylabel() and any(np.allclose(line.get_ydata(), 0.7) for line in bar.lines)
+
+
+def test_score_histogram_shows_the_calibration_scores():
+    fig = viz.score_histogram(np.array([0, 1]), np.array([0.1, 0.9]), 0.5, validation_scores=np.array([0.1, 0.2]))
+    assert any("calibration (n=2)" in t.get_text() for t in fig.axes[0].get_legend().get_texts())
 
 
 def test_triptych_rows_of_three():
@@ -108,9 +110,19 @@ def test_confusion_counts(predictions):
 
 def test_loss_efficiency_and_defect_size_figures():
     assert len(viz.loss_curve([1.0, 0.5, 0.25]).axes[0].lines) == 1
-    table = pd.DataFrame({"method": ["a", "a", "b", "b"], "n_train": [5, 10, 5, 10],
-                          "image_auroc": [0.6, 0.7, 0.8, 0.9]})
-    assert len(viz.data_efficiency_figure(table).axes[0].lines) == 2
+    table = pd.DataFrame({"method": ["a"] * 4 + ["b"] * 2, "seed": [0, 0, 1, 1, 0, 0], "n_train": [5, 10] * 3,
+                          "image_auroc": [0.6, 0.7, 0.5, 0.8, 0.8, 0.9], "aupro": [0.5] * 6})
+    fig = viz.data_efficiency_figure(table, ("image_auroc", "aupro"), baselines={"intensity": {"image_auroc": 0.7}})
+    lines = fig.axes[0].lines
+    assert len(lines) == 4 and len(fig.axes[0].collections) == 2  # 2 methods + baseline + chance; 2 seed bands
+    np.testing.assert_allclose(lines[0].get_ydata(), [0.55, 0.75])  # mean over seeds
+    assert len(fig.axes[1].lines) == 2  # no chance line for AUPRO
+
+
+def test_comparison_figure_draws_intervals():
+    fig = viz.comparison_figure({"a": {"image_auroc": 0.8, "image_auroc_ci": [0.7, 0.9]}, "b": {"image_auroc": 0.6}},
+                                keys=("image_auroc",))
+    assert len(fig.axes[0].patches) == 2
     areas = pd.DataFrame({"defect_type": ["x", "x", "y"], "area_fraction": [0.005, 0.01, 0.02]})
     assert isinstance(viz.defect_size_figure(areas), Figure)
 

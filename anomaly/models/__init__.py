@@ -1,4 +1,5 @@
-"""Detectors sharing one interface: ``ConvAutoencoder``, ``PaDiM``, ``PatchCore``."""
+"""Detectors sharing one interface: ``ConvAutoencoder``, ``PaDiM``, ``PatchCore`` and the no-learning
+baseline ``IntensityBaseline`` (method ``intensity``)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from typing import Any
 
 from anomaly.models.base import Detector, Prediction
 
-METHODS = ("autoencoder", "padim", "patchcore")
+METHODS = ("autoencoder", "padim", "patchcore", "intensity")
+BASELINES = ("intensity",)  # methods that learn nothing: the floor every comparison is measured against
 
 
 def get_detector_class(method: str) -> type[Detector]:
@@ -23,6 +25,10 @@ def get_detector_class(method: str) -> type[Detector]:
         from anomaly.models.patchcore import PatchCore
 
         return PatchCore
+    if method == "intensity":
+        from anomaly.models.intensity import IntensityBaseline
+
+        return IntensityBaseline
     raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
 
 
@@ -31,4 +37,4 @@ def create_detector(method: str, params: dict[str, Any] | None = None, device: s
     return get_detector_class(method)(dict(params or {}), device=device)
 
 
-__all__ = ["METHODS", "Detector", "Prediction", "create_detector", "get_detector_class"]
+__all__ = ["BASELINES", "METHODS", "Detector", "Prediction", "create_detector", "get_detector_class"]

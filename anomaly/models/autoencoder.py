@@ -16,6 +16,9 @@ grayscale reconstruction; values lie in [0, 2]. Either map is optionally Gaussia
 
 Input normalisation (per-channel mean/std) is computed from the training images in ``fit``
 and stored in the state dict, never from test images.
+
+The inference is one module, :class:`AutoencoderModel` (network + normalisation buffers): its
+``forward`` is what ``ConvAutoencoder.predict`` runs.
 """
 
 from __future__ import annotations
@@ -29,17 +32,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from anomaly.models.base import Detector, Prediction
-from anomaly.models.postprocess import gaussian_blur, gaussian_kernel1d, upsample_maps
+from anomaly.models.base import Detector
+from anomaly.models.postprocess import gaussian_blur, resize_images, ssim_map, to_grayscale, topk_mean
 
 logger = logging.getLogger(__name__)
 
-_GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma
-
-
 @dataclass
 class AutoencoderConfig:
-    """Parameters of :class:`ConvAutoencoder` (the keys of ``--param``/``params``)."""
+    """Parameters of :class:`ConvAutoencoder` (the keys of ``--set``/``params``)."""
 
     image_size: int = 128  # network input side; a multiple of 16, >= 32
     base_channels: int = 32  # channels of the first conv layers (2x and 4x deeper)
@@ -113,45 +113,42 @@ class AutoencoderNet(nn.Module):
         return self.decoder(self.encoder(x))
 
 
-def to_grayscale(images: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) RGB -> (B, 1, H, W) luma."""
-    weights = torch.tensor(_GRAY_WEIGHTS, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-    return (images * weights).sum(dim=1, keepdim=True)
+class AutoencoderModel(nn.Module):
+    """The autoencoder's inference as one module: reconstruction -> residual map -> (scores, maps).
 
-
-def ssim_map(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """Per-pixel SSIM (Wang et al. 2004) of images in [0, 1], channel by channel.
-
-    Args:
-        x, y: (B, C, H, W) tensors with data range 1.
-        window: side of the Gaussian window (odd).
-        sigma: standard deviation of the window.
-
-    Returns:
-        (B, C, H, W) SSIM in [-1, 1]; 1 where ``x == y``. Borders use replicate padding.
+    Holds the network and the training images' per-channel ``mean``/``std`` (buffers); ``fitted``
+    is set by fit or load. :meth:`forward` is what :meth:`ConvAutoencoder.predict` runs.
     """
-    c1, c2 = 0.01**2, 0.03**2
-    g = gaussian_kernel1d(sigma, radius=window // 2).to(x.device, x.dtype)  # (window,)
-    channels, pad = x.shape[1], window // 2
-    kernel = (g[:, None] * g[None, :]).expand(channels, 1, window, window)  # (C, 1, w, w)
 
-    def filt(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(F.pad(t, (pad,) * 4, mode="replicate"), kernel, groups=channels)
+    def __init__(self, config: AutoencoderConfig) -> None:
+        super().__init__()
+        self.network = AutoencoderNet(config.image_size, config.base_channels, config.latent_dim)
+        self.register_buffer("mean", torch.zeros(3))  # (3,) normalisation stats, set by fit
+        self.register_buffer("std", torch.ones(3))
+        self.map, self.score = config.map, config.score
+        self.smooth_sigma, self.topk = float(config.smooth_sigma), float(config.topk)
+        self.fitted = False
 
-    mu_x, mu_y = filt(x), filt(y)
-    var_x = filt(x * x) - mu_x**2
-    var_y = filt(y * y) - mu_y**2
-    cov = filt(x * y) - mu_x * mu_y
-    num = (2 * mu_x * mu_y + c1) * (2 * cov + c2)
-    den = (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
-    return (num / den).clamp(-1.0, 1.0)
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean.view(1, 3, 1, 1)) / self.std.view(1, 3, 1, 1)
 
+    def denormalise(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.std.view(1, 3, 1, 1) + self.mean.view(1, 3, 1, 1)
 
-def topk_mean(maps: torch.Tensor, fraction: float) -> torch.Tensor:
-    """(B, H, W) -> (B,) mean of the largest ``fraction`` of each map's pixels (at least one)."""
-    flat = maps.flatten(1)  # (B, H*W)
-    k = max(1, round(fraction * flat.shape[1]))
-    return flat.topk(k, dim=1).values.mean(dim=1)
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) in [0, 1] -> (B, 3, S, S) reconstruction in [0, 1]."""
+        return self.denormalise(self.network(self.normalise(x))).clamp(0.0, 1.0)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, S, S) in [0, 1] -> image scores (B,) and maps (B, S, S), smoothed."""
+        x_hat = self.reconstruct(images)
+        if self.map == "l1":
+            maps = (images - x_hat).abs().mean(dim=1)  # (B, S, S)
+        else:
+            maps = 1.0 - ssim_map(to_grayscale(x_hat), to_grayscale(images)).squeeze(1)  # (B, S, S)
+        maps = gaussian_blur(maps, self.smooth_sigma)
+        scores = maps.flatten(1).amax(dim=1) if self.score == "max" else topk_mean(maps, self.topk)  # (B,)
+        return scores, maps
 
 
 class ConvAutoencoder(Detector):
@@ -166,11 +163,42 @@ class ConvAutoencoder(Detector):
 
     def __init__(self, config: AutoencoderConfig | dict | None = None, device: str | torch.device = "cpu") -> None:
         super().__init__(config, device)
-        self.network = self._build_network()
-        self.mean = torch.zeros(3, device=self.device)  # (3,) normalisation stats, set by fit
-        self.std = torch.ones(3, device=self.device)
+        self.model = AutoencoderModel(self.config).to(self.device).eval()
         self.history: list[float] = []
-        self.fitted = False
+
+    @property
+    def network(self) -> AutoencoderNet:
+        return self.model.network
+
+    @network.setter
+    def network(self, network: AutoencoderNet) -> None:
+        self.model.network = network.to(self.device)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """(3,) per-channel mean of the training images (a buffer of :attr:`model`)."""
+        return self.model.mean
+
+    @mean.setter
+    def mean(self, value: torch.Tensor) -> None:
+        self.model.mean = value.to(self.device, torch.float32)
+
+    @property
+    def std(self) -> torch.Tensor:
+        """(3,) per-channel standard deviation of the training images."""
+        return self.model.std
+
+    @std.setter
+    def std(self, value: torch.Tensor) -> None:
+        self.model.std = value.to(self.device, torch.float32)
+
+    @property
+    def fitted(self) -> bool:
+        return self.model.fitted
+
+    @fitted.setter
+    def fitted(self, value: bool) -> None:
+        self.model.fitted = bool(value)
 
     def _build_network(self) -> AutoencoderNet:
         cfg = self.config
@@ -202,7 +230,7 @@ class ConvAutoencoder(Detector):
                 total += loss.item() * len(batch)
             self.history.append(total / len(images))
             progress.set_postfix(loss=f"{self.history[-1]:.5f}")
-        self.network.eval()
+        self.model.eval()
         self.fitted = True
         logger.info("autoencoder: %d epochs on %d images, final loss %.5f", cfg.epochs, len(images), self.history[-1])
 
@@ -219,31 +247,13 @@ class ConvAutoencoder(Detector):
 
     def _loss(self, batch: torch.Tensor) -> torch.Tensor:
         """Reconstruction loss of a (b, 3, S, S) batch in [0, 1]."""
-        x = self._normalise(batch)
+        x = self.model.normalise(batch)
         x_hat = self.network(x)
         if self.config.loss == "mse":
             return F.mse_loss(x_hat, x)
-        return (1.0 - ssim_map(self._denormalise(x_hat), batch)).mean()
+        return (1.0 - ssim_map(self.model.denormalise(x_hat), batch)).mean()
 
     # -- inference ---------------------------------------------------------------------------------
-    def _predict(self, images: torch.Tensor) -> Prediction:
-        x = self._resize(images)  # (B, 3, S, S)
-        x_hat = self._reconstruct(x)
-        if self.config.map == "l1":
-            maps = (x - x_hat).abs().mean(dim=1)  # (B, S, S)
-        else:
-            maps = 1.0 - ssim_map(to_grayscale(x_hat), to_grayscale(x)).squeeze(1)  # (B, S, S)
-        maps = gaussian_blur(maps, self.config.smooth_sigma)
-        if self.config.score == "max":
-            scores = maps.flatten(1).amax(dim=1)  # (B,)
-        else:
-            scores = topk_mean(maps, self.config.topk)
-        maps = upsample_maps(maps, images.shape[-2:])  # (B, H, W)
-        return Prediction(
-            image_scores=scores.float().cpu().numpy(),
-            anomaly_maps=maps.float().cpu().numpy(),
-        )
-
     @torch.inference_mode()
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
         """Reconstructions for figures.
@@ -264,21 +274,11 @@ class ConvAutoencoder(Detector):
         """(B, 3, S, S) in [0, 1] -> (B, 3, S, S) reconstruction in [0, 1]."""
         if not self.fitted:
             raise RuntimeError("the autoencoder is not fitted: call fit() or load a saved model first")
-        self.network.eval()
-        return self._denormalise(self.network(self._normalise(x))).clamp(0.0, 1.0)
+        return self.model.eval().reconstruct(x)
 
     # -- helpers -----------------------------------------------------------------------------------
     def _resize(self, images: torch.Tensor) -> torch.Tensor:
-        size = self.config.image_size
-        if tuple(images.shape[-2:]) == (size, size):
-            return images
-        return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-
-    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean.view(1, 3, 1, 1)) / self.std.view(1, 3, 1, 1)
-
-    def _denormalise(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.std.view(1, 3, 1, 1) + self.mean.view(1, 3, 1, 1)
+        return resize_images(images, self.config.image_size)
 
     # -- persistence -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -294,7 +294,6 @@ class ConvAutoencoder(Detector):
         prefix = "network."
         self.network.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
         self.network.eval()
-        self.mean = state["mean"].to(self.device, torch.float32)
-        self.std = state["std"].to(self.device, torch.float32)
+        self.mean, self.std = state["mean"], state["std"]
         self.history = [float(v) for v in state.get("history", torch.empty(0)).tolist()]
         self.fitted = True

@@ -2,6 +2,13 @@
 
 A detector is fitted on good images only and returns, for a batch of images,
 one anomaly score per image and one anomaly map per image at the input's resolution.
+
+One forward per detector (as anomalib's ``torch_model``): each detector's inference is one
+``torch.nn.Module``, ``detector.model``, holding what was fitted as buffers (PatchCore's memory
+bank, PaDiM's means and inverse covariances, the autoencoder's network and normalisation), whose
+``forward(images (B, 3, S, S)) -> (scores (B,), maps (B, S, S))`` is both what
+:meth:`Detector.predict` runs (between a resize to S and back) and the graph ``anomaly export``
+writes to ONNX. There is no second copy of the scoring to drift.
 On disk a detector is ``model.json`` (method + config) and ``model.pt`` (a dict of
 tensors loaded with ``weights_only=True``) -- never a pickled module.
 """
@@ -17,8 +24,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
+from anomaly.models.postprocess import resize_images, upsample_maps
 from anomaly.utils import make_config, resolve_device
 
 MODEL_JSON = "model.json"
@@ -42,12 +51,14 @@ class Detector(ABC):
     """Base class: ``fit(train_loader) -> self``, ``predict(images) -> Prediction``, ``save``/``load``.
 
     Subclasses set ``name`` (the CLI's ``--method``) and ``config_class`` (a dataclass whose
-    fields are the detector's parameters, including ``image_size``), and implement
-    ``_fit``, ``_predict``, ``state_dict`` and ``load_state_dict``.
+    fields are the detector's parameters, including ``image_size``), build ``self.model`` (the
+    inference module, see the module docstring; it has a ``fitted`` property) and implement
+    ``_fit``, ``state_dict`` and ``load_state_dict``.
     """
 
     name: ClassVar[str]
     config_class: ClassVar[type]
+    model: nn.Module
 
     def __init__(self, config: Any = None, device: str | torch.device = "cpu") -> None:
         if config is None:
@@ -65,17 +76,27 @@ class Detector(ABC):
 
     @torch.inference_mode()
     def predict(self, images: torch.Tensor) -> Prediction:
-        """Score a batch.
+        """Score a batch with ``self.model``.
 
         Args:
-            images: (B, 3, H, W) float in [0, 1]; resized internally to ``config.image_size``.
+            images: (B, 3, H, W) float in [0, 1]; resized to ``config.image_size`` S for the model.
 
         Returns:
             Prediction with scores (B,) and maps (B, H, W) at the input's H, W.
+
+        Raises:
+            ValueError: not a (B, 3, H, W) batch. RuntimeError: the detector is not fitted.
         """
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
-        return self._predict(images.to(self.device, torch.float32))
+        if not self.model.fitted:
+            raise RuntimeError(f"{type(self).__name__} is not fitted: predict called before fit (or load)")
+        x = resize_images(images.to(self.device, torch.float32), int(self.config.image_size))  # (B, 3, S, S)
+        if self.model.training:  # eval() walks every submodule (~0.5 ms for a backbone): only when needed
+            self.model.eval()
+        scores, maps = self.model(x)  # (B,), (B, S, S)
+        maps = upsample_maps(maps, tuple(images.shape[-2:]))  # (B, H, W)
+        return Prediction(scores.float().cpu().numpy(), maps.float().cpu().numpy())
 
     def save(self, directory: str | Path) -> None:
         """Write ``model.json`` and ``model.pt`` into ``directory``."""
@@ -120,9 +141,6 @@ class Detector(ABC):
     # -- what subclasses implement ----------------------------------------------------------------
     @abstractmethod
     def _fit(self, train_loader: DataLoader) -> None: ...
-
-    @abstractmethod
-    def _predict(self, images: torch.Tensor) -> Prediction: ...
 
     @abstractmethod
     def state_dict(self) -> dict[str, torch.Tensor]: ...

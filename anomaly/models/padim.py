@@ -9,6 +9,10 @@ map is the Mahalanobis distance ``sqrt((x - mu_p)^T Sigma_p^-1 (x - mu_p))`` at 
 bilinearly upsampled to ``image_size``, Gaussian-smoothed (sigma 4) and resized to the input;
 the image score is the map's maximum.
 
+The inference is one module, :class:`PaDiMModel` (feature extractor + channel subset, means and
+inverse covariances as buffers): its ``forward`` is what ``PaDiM.predict`` runs and what
+``anomaly export`` writes.
+
 The statistics are accumulated in one streaming pass (sums and sums of outer products of the
 features shifted by the first batch's mean, which keeps float32 sums accurate), so memory does
 not grow with the number of training images; the covariance is inverted in float64.
@@ -20,13 +24,14 @@ import logging
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from anomaly.features import DEFAULT_BACKBONE, FeatureExtractor, resize_images
+from anomaly.features import DEFAULT_BACKBONE, FeatureExtractor
 from anomaly.models.base import Detector, Prediction, fold_ids, score_by_fold
 from anomaly.models.coreset import torch_threads
-from anomaly.models.postprocess import gaussian_blur, upsample_maps
+from anomaly.models.postprocess import gaussian_blur, resize_images, upsample_maps
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +71,44 @@ class PaDiMConfig:
             raise ValueError(f"smooth_sigma must be >= 0 (0 disables), got {self.smooth_sigma}")
 
 
+class PaDiMModel(nn.Module):
+    """PaDiM's inference as one module: selected features -> Mahalanobis distances -> (scores, maps).
+
+    ``channel_index`` (the seeded channel subset), ``mean`` and ``inv_covariance`` are buffers
+    (the last two ``None`` until fitted or loaded). :meth:`forward` is what :meth:`PaDiM.predict`
+    runs and what ONNX export traces.
+    """
+
+    def __init__(self, config: PaDiMConfig) -> None:
+        super().__init__()
+        self.extractor = FeatureExtractor(config.backbone, config.strides, config.weights,
+                                          patch_size=config.patch_size)
+        n_channels = self.extractor.out_channels
+        index = torch.randperm(n_channels, generator=torch.Generator().manual_seed(config.seed))
+        self.register_buffer("channel_index", index[: min(config.n_features, n_channels)].sort().values)  # (d,)
+        self.register_buffer("mean", None)  # (P, d)
+        self.register_buffer("inv_covariance", None)  # (P, d, d)
+        self.image_size, self.smooth_sigma = int(config.image_size), float(config.smooth_sigma)
+
+    @property
+    def fitted(self) -> bool:
+        return self.mean is not None
+
+    def features(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(B, 3, S, S) in [0, 1] -> (P, B, d) selected features and the grid (h, w)."""
+        feats = self.extractor(images).index_select(1, self.channel_index)  # (B, d, h, w)
+        b, d, h, w = feats.shape
+        return feats.reshape(b, d, h * w).permute(2, 0, 1).contiguous(), (h, w)  # (P, B, d); bmm needs contiguous
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, S, S) in [0, 1] -> image scores (B,) = map maxima and maps (B, S, S), smoothed."""
+        x, (h, w) = self.features(images)  # (P, B, d)
+        dist = mahalanobis(x, self.mean, self.inv_covariance)  # (P, B)
+        maps = upsample_maps(dist.T.reshape(-1, h, w), (self.image_size, self.image_size))  # (B, S, S)
+        maps = gaussian_blur(maps, self.smooth_sigma)
+        return maps.flatten(1).amax(1), maps  # (B,), (B, S, S)
+
+
 class PaDiM(Detector):
     """PaDiM detector; see the module docstring and :class:`PaDiMConfig` for the defaults."""
 
@@ -74,22 +117,38 @@ class PaDiM(Detector):
 
     def __init__(self, config: PaDiMConfig | dict | None = None, device: str | torch.device = "cpu") -> None:
         super().__init__(config, device)
-        cfg = self.config
-        self.extractor = FeatureExtractor(cfg.backbone, cfg.strides, cfg.weights, patch_size=cfg.patch_size)
-        self.extractor.to(self.device)
-        generator = torch.Generator().manual_seed(cfg.seed)
-        n_channels = self.extractor.out_channels
-        index = torch.randperm(n_channels, generator=generator)[: min(cfg.n_features, n_channels)]
-        self.channel_index = index.sort().values.to(self.device)  # (d,)
-        self.mean: torch.Tensor | None = None  # (P, d)
-        self.inv_covariance: torch.Tensor | None = None  # (P, d, d)
+        self.model = PaDiMModel(self.config).to(self.device).eval()
+
+    @property
+    def extractor(self) -> FeatureExtractor:
+        return self.model.extractor
+
+    @property
+    def channel_index(self) -> torch.Tensor:
+        """(d,) the seeded channel subset."""
+        return self.model.channel_index
+
+    @property
+    def mean(self) -> torch.Tensor | None:
+        """(P, d) per-position means (a buffer of :attr:`model`), ``None`` before fit or load."""
+        return self.model.mean
+
+    @mean.setter
+    def mean(self, value: torch.Tensor | None) -> None:
+        self.model.mean = None if value is None else value.float().to(self.device)
+
+    @property
+    def inv_covariance(self) -> torch.Tensor | None:
+        """(P, d, d) per-position inverse covariances, ``None`` before fit or load."""
+        return self.model.inv_covariance
+
+    @inv_covariance.setter
+    def inv_covariance(self, value: torch.Tensor | None) -> None:
+        self.model.inv_covariance = None if value is None else value.float().to(self.device)
 
     def _features(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """(B, 3, H, W) in [0, 1] -> (P, B, d) selected features and the grid (h, w)."""
-        feats = self.extractor(resize_images(images, self.config.image_size))  # (B, C, h, w)
-        feats = feats.index_select(1, self.channel_index)  # (B, d, h, w)
-        b, d, h, w = feats.shape
-        return feats.reshape(b, d, h * w).permute(2, 0, 1).contiguous(), (h, w)  # (P, B, d); bmm needs contiguous
+        """(B, 3, H, W) in [0, 1] -> (P, B, d) selected features at ``image_size`` and the grid (h, w)."""
+        return self.model.features(resize_images(images, self.config.image_size))
 
     def _fit(self, train_loader: DataLoader) -> None:
         shift = total = outer = None
@@ -163,18 +222,6 @@ class PaDiM(Detector):
                 counts[f] += xf.shape[1]
         return shift, totals, outers, counts
 
-    def _predict(self, images: torch.Tensor) -> Prediction:
-        if self.mean is None:
-            raise RuntimeError("PaDiM.predict called before fit (or load)")
-        size = self.config.image_size
-        x, (h, w) = self._features(images)  # (P, B, d)
-        dist = mahalanobis(x, self.mean, self.inv_covariance)  # (P, B)
-        maps = upsample_maps(dist.T.reshape(-1, h, w), (size, size))  # (B, S, S)
-        maps = gaussian_blur(maps, self.config.smooth_sigma)
-        scores = maps.flatten(1).amax(1)  # (B,)
-        maps = upsample_maps(maps, tuple(images.shape[-2:]))  # (B, H, W)
-        return Prediction(scores.float().cpu().numpy(), maps.float().cpu().numpy())
-
     def state_dict(self) -> dict[str, torch.Tensor]:
         if self.mean is None:
             raise RuntimeError("PaDiM has no statistics to save: call fit first")
@@ -187,8 +234,7 @@ class PaDiM(Detector):
         self._check_state(state, {"channel_index": (d,), "mean": (h * w, d), "inv_covariance": (h * w, d, d)})
         if not torch.equal(state["channel_index"].cpu(), self.channel_index.cpu()):
             raise ValueError("saved channel subset differs from the one this config's seed selects")
-        self.mean = state["mean"].float().to(self.device)
-        self.inv_covariance = state["inv_covariance"].float().to(self.device)
+        self.mean, self.inv_covariance = state["mean"], state["inv_covariance"]
 
 
 def gaussian_parameters(shift: torch.Tensor, total: torch.Tensor, outer: torch.Tensor, n: int,

@@ -7,7 +7,12 @@ training image go into a memory bank, subsampled by a greedy coreset
 distance to the nearest bank feature; the map is those scores upsampled to ``image_size``,
 Gaussian-smoothed (sigma 4) and resized to the input; the image score is the largest patch
 score re-weighted as in the paper's Eq. 7 (softmax over the distances from the test patch to
-the ``num_neighbors`` nearest bank neighbours of its own nearest bank feature).
+the ``num_neighbors`` nearest bank neighbours of its own nearest bank feature). That
+re-weighting follows anomalib's default; the reference code (amazon-science/patchcore-inspection)
+scores an image by its largest patch distance, which ``num_neighbors=1`` reproduces.
+
+The inference is one module, :class:`PatchCoreModel` (feature extractor + the memory bank as a
+buffer): its ``forward`` is what ``PatchCore.predict`` runs and what ``anomaly export`` writes.
 """
 
 from __future__ import annotations
@@ -17,17 +22,19 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from anomaly.features import DEFAULT_BACKBONE, FeatureExtractor, resize_images
+from anomaly.features import DEFAULT_BACKBONE, FeatureExtractor
 from anomaly.models.base import Detector, Prediction, fold_ids, score_by_fold
 from anomaly.models.coreset import GreedyCoresetSampler, RandomSampler
-from anomaly.models.postprocess import gaussian_blur, upsample_maps
+from anomaly.models.postprocess import gaussian_blur, resize_images, upsample_maps
 
 logger = logging.getLogger(__name__)
 
 SAMPLERS = ("greedy", "random", "none")
+ALL_QUERIES = 2**31 - 1  # chunk size under ONNX export: one distance block, since a loop over blocks cannot be traced
 
 
 @dataclass
@@ -54,8 +61,9 @@ class PatchCoreConfig:
       cover one part's appearance, and a data-efficiency curve would measure the ratio instead
       of the data. 4096 is under screw's 1 % (4.6k), so the floor leaves the full-data default
       as it was and acts on small training sets, at the search cost of a full-data bank.
-    * greedy coreset with ``projection_dim`` 128 and 10 starting points, ``num_neighbors`` 9,
-      ``smooth_sigma`` 4: the reference's settings.
+    * greedy coreset with ``projection_dim`` 128 and 10 starting points, ``smooth_sigma`` 4: the
+      reference's settings. ``num_neighbors`` 9: the paper's Eq. 7 re-weighting as anomalib applies
+      it by default; the reference code scores by the plain maximum (``num_neighbors=1``).
     """
 
     image_size: int = 320  # network input side (images are resized to it)
@@ -69,7 +77,7 @@ class PatchCoreConfig:
     sampler: str = "greedy"  # greedy | random | none
     projection_dim: int = 128  # random projection used only inside the greedy coreset
     num_starting_points: int = 10  # greedy coreset initialisation
-    num_neighbors: int = 9  # image-score re-weighting (Eq. 7); 1 = plain max patch distance
+    num_neighbors: int = 9  # image-score re-weighting (Eq. 7, anomalib's default); 1 = max patch distance (reference code)
     smooth_sigma: float = 4.0  # Gaussian sigma in px at image_size; 0 disables
     chunk_size: int = 512  # test patches per distance block (bounds memory)
     seed: int = 0  # seeds the coreset
@@ -91,6 +99,44 @@ class PatchCoreConfig:
             raise ValueError(f"smooth_sigma must be >= 0 (0 disables), got {self.smooth_sigma}")
 
 
+class PatchCoreModel(nn.Module):
+    """PatchCore's inference as one module: patch features -> nearest-bank distances -> (scores, maps).
+
+    The memory bank is a buffer (``None`` until fitted or loaded). :meth:`forward` is what
+    :meth:`PatchCore.predict` runs and what ONNX export traces; under export the distances are
+    computed in one block (``ALL_QUERIES``) so that the batch axis stays dynamic.
+    """
+
+    def __init__(self, config: PatchCoreConfig) -> None:
+        super().__init__()
+        self.extractor = FeatureExtractor(config.backbone, config.strides, config.weights,
+                                          patch_size=config.patch_size, layer_dim=config.layer_dim)
+        self.register_buffer("memory_bank", None)  # (M, C), set by fit or load
+        self.image_size, self.smooth_sigma = int(config.image_size), float(config.smooth_sigma)
+        self.num_neighbors, self.chunk_size = int(config.num_neighbors), int(config.chunk_size)
+
+    @property
+    def fitted(self) -> bool:
+        return self.memory_bank is not None
+
+    def patch_features(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(B, 3, S, S) in [0, 1] -> (B, P, C) patch features and the grid (h, w), P = h * w."""
+        feats = self.extractor(images)  # (B, C, h, w)
+        b, c, h, w = feats.shape
+        return feats.permute(0, 2, 3, 1).reshape(b, h * w, c), (h, w)  # free when channels-last
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, S, S) in [0, 1] -> image scores (B,) by Eq. 7 and maps (B, S, S), smoothed."""
+        feats, (h, w) = self.patch_features(images)  # (B, P, C)
+        b, p, c = feats.shape
+        chunk = ALL_QUERIES if torch.onnx.is_in_onnx_export() else self.chunk_size
+        dist, nn_idx = nearest_neighbours(feats.reshape(-1, c), self.memory_bank, 1, chunk)  # (B * P, 1)
+        dist, nn_idx = dist.view(b, p), nn_idx.view(b, p)  # (B, P)
+        scores = reweighted_scores(dist, nn_idx, feats, self.memory_bank, self.num_neighbors)  # (B,)
+        maps = upsample_maps(dist.view(b, h, w), (self.image_size, self.image_size))  # (B, S, S)
+        return scores, gaussian_blur(maps, self.smooth_sigma)
+
+
 class PatchCore(Detector):
     """PatchCore detector; see the module docstring and :class:`PatchCoreConfig` for the defaults."""
 
@@ -99,11 +145,20 @@ class PatchCore(Detector):
 
     def __init__(self, config: PatchCoreConfig | dict | None = None, device: str | torch.device = "cpu") -> None:
         super().__init__(config, device)
-        cfg = self.config
-        self.extractor = FeatureExtractor(cfg.backbone, cfg.strides, cfg.weights, patch_size=cfg.patch_size,
-                                          layer_dim=cfg.layer_dim)
-        self.extractor.to(self.device)
-        self.memory_bank: torch.Tensor | None = None  # (M, C)
+        self.model = PatchCoreModel(self.config).to(self.device).eval()
+
+    @property
+    def extractor(self) -> FeatureExtractor:
+        return self.model.extractor
+
+    @property
+    def memory_bank(self) -> torch.Tensor | None:
+        """(M, C) the fitted bank (a buffer of :attr:`model`), ``None`` before fit or load."""
+        return self.model.memory_bank
+
+    @memory_bank.setter
+    def memory_bank(self, bank: torch.Tensor | None) -> None:
+        self.model.memory_bank = None if bank is None else bank.float().to(self.device)
 
     # -- fit -------------------------------------------------------------------------------------
     def _fit(self, train_loader: DataLoader) -> None:
@@ -177,26 +232,9 @@ class PatchCore(Detector):
             return features.to(self.device)
         return features[sampler.run(features.to(self.device)).cpu()].to(self.device)
 
-    # -- predict ---------------------------------------------------------------------------------
-    def _predict(self, images: torch.Tensor) -> Prediction:
-        if self.memory_bank is None:
-            raise RuntimeError("PatchCore.predict called before fit (or load)")
-        size = self.config.image_size
-        feats, (h, w) = self._patch_features(images)  # (B, P, C), P = h * w
-        b, p, c = feats.shape
-        dist, nn_idx = nearest_neighbours(feats.reshape(b * p, c), self.memory_bank, 1, self.config.chunk_size)
-        dist, nn_idx = dist.view(b, p), nn_idx.view(b, p)  # (B, P)
-        scores = reweighted_scores(dist, nn_idx, feats, self.memory_bank, self.config.num_neighbors)  # (B,)
-        maps = upsample_maps(dist.view(b, h, w), (size, size))  # (B, S, S)
-        maps = gaussian_blur(maps, self.config.smooth_sigma)
-        maps = upsample_maps(maps, tuple(images.shape[-2:]))  # (B, H, W)
-        return Prediction(scores.float().cpu().numpy(), maps.float().cpu().numpy())
-
     def _patch_features(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """(B, 3, H, W) in [0, 1] -> (B, P, C) patch features at ``image_size`` and the grid (h, w)."""
-        feats = self.extractor(resize_images(images, self.config.image_size))  # (B, C, h, w)
-        b, c, h, w = feats.shape
-        return feats.permute(0, 2, 3, 1).reshape(b, h * w, c), (h, w)  # (B, h * w, C), free when channels-last
+        return self.model.patch_features(resize_images(images, self.config.image_size))
 
     # -- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -209,7 +247,7 @@ class PatchCore(Detector):
         if bank.ndim != 2 or bank.shape[1] != self.extractor.out_channels:
             raise ValueError(f"memory bank of shape {tuple(bank.shape)} does not match the backbone's "
                              f"{self.extractor.out_channels} feature channels")
-        self.memory_bank = bank.float().to(self.device)
+        self.memory_bank = bank
 
 
 def nearest_neighbours(queries: torch.Tensor, bank: torch.Tensor, k: int = 1,

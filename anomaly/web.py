@@ -1,0 +1,132 @@
+"""The service's web side: the inspection page at ``/``, offline API docs, API-key access control.
+
+:func:`add_page_and_docs` serves ``anomaly/static/index.html`` (self-contained: inline script and
+style, no external URL) at ``/`` and Swagger UI at ``/docs`` from the assets of the
+``swagger-ui-bundle-v2`` package (so the docs work with no internet). :class:`ApiKeyMiddleware`
+answers 401 to every request without the right ``X-API-Key`` header, compared in constant time,
+except the open paths (``/health``, the page, the docs' static assets). :func:`create_app_from_env`
+is the app factory that ``anomaly serve --workers N`` hands to uvicorn: each worker process builds
+its own app (loading the run once) from ``ANOMALY_*`` environment variables.
+"""
+
+from __future__ import annotations
+
+import hmac
+import importlib.resources
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+
+logger = logging.getLogger(__name__)
+
+API_KEY_HEADER = "X-API-Key"
+API_KEY_ENV = "ANOMALY_API_KEY"
+DOCS_ASSETS = "/docs/assets"
+OPEN_PATHS = ("/health", "/", "/favicon.ico")  # answered without a key (the page asks for the key itself)
+MIN_KEY_CHARS = 16
+# what `anomaly serve` passes to each worker process (see create_app_from_env)
+ENV_SETTINGS = {"run_dir": "ANOMALY_RUN_DIR", "runtime": "ANOMALY_RUNTIME",
+                "max_upload_bytes": "ANOMALY_MAX_UPLOAD_BYTES", "threads": "ANOMALY_THREADS",
+                "allowed_hosts": "ANOMALY_ALLOWED_HOSTS"}
+
+
+def page_html() -> str:
+    """The inspection page (``anomaly/static/index.html``, shipped as package data)."""
+    return importlib.resources.files("anomaly").joinpath("static/index.html").read_text(encoding="utf-8")
+
+
+def add_page_and_docs(app: FastAPI) -> None:
+    """``GET /`` (the page) and ``GET /docs`` (Swagger UI from local assets); the app needs ``docs_url=None``."""
+    from swagger_ui_bundle import swagger_ui_path
+
+    html = page_html()
+    title = f"{app.title} - API docs"
+
+    @app.get("/", include_in_schema=False)
+    def page() -> HTMLResponse:
+        return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title=title,
+                                   swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+                                   swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png")
+
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+
+
+def read_api_key_file(path: str | Path) -> str:
+    """The key in ``path`` (surrounding whitespace stripped); refuses an empty or short key."""
+    key = Path(path).read_text(encoding="utf-8").strip()
+    return check_api_key(key, f"the API key file {path}")
+
+
+def check_api_key(key: str, source: str = "the API key") -> str:
+    if len(key) < MIN_KEY_CHARS or any(c.isspace() for c in key) or not key.isascii():
+        raise ValueError(f"{source} must hold one key of at least {MIN_KEY_CHARS} printable ASCII characters, "
+                         f"no spaces (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)")
+    return key
+
+
+def api_key_from(key_file: str | Path | None) -> str | None:
+    """The key from ``--api-key-file`` if given, else from ``$ANOMALY_API_KEY``, else None (no access control)."""
+    if key_file:
+        return read_api_key_file(key_file)
+    key = os.environ.get(API_KEY_ENV, "").strip()
+    return check_api_key(key, f"${API_KEY_ENV}") if key else None
+
+
+class ApiKeyMiddleware:
+    """ASGI middleware: 401 unless the ``X-API-Key`` header equals ``api_key`` (``hmac.compare_digest``).
+
+    ``/health``, the page at ``/`` and the docs' static assets stay open; everything else, the API
+    docs and ``/openapi.json`` included, needs the key.
+    """
+
+    def __init__(self, app: Callable, api_key: str) -> None:
+        self.app, self.key = app, api_key.encode("ascii")
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or self._open(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope.get("headers", [])).get(API_KEY_HEADER.lower().encode(), b"")
+        if hmac.compare_digest(given, self.key):
+            await self.app(scope, receive, send)
+            return
+        detail = "invalid API key" if given else f"missing API key: send it in the {API_KEY_HEADER} header"
+        body = json.dumps({"detail": detail}).encode()
+        await send({"type": "http.response.start", "status": 401,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"www-authenticate", API_KEY_HEADER.encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    @staticmethod
+    def _open(path: str) -> bool:
+        return path in OPEN_PATHS or path.startswith(DOCS_ASSETS + "/")
+
+
+def settings_to_env(**settings: Any) -> dict[str, str]:
+    """``create_app`` keyword arguments -> the ``ANOMALY_*`` variables :func:`create_app_from_env` reads."""
+    unknown = set(settings) - set(ENV_SETTINGS)
+    if unknown:
+        raise ValueError(f"unknown service settings {sorted(unknown)}")
+    return {ENV_SETTINGS[name]: json.dumps(value) for name, value in settings.items() if value is not None}
+
+
+def create_app_from_env() -> FastAPI:
+    """App factory for uvicorn's ``--workers``: ``create_app`` with the settings in ``ANOMALY_*`` variables."""
+    from anomaly.service import create_app
+
+    kwargs = {name: json.loads(os.environ[var]) for name, var in ENV_SETTINGS.items() if var in os.environ}
+    if "run_dir" not in kwargs:
+        raise ValueError(f"{ENV_SETTINGS['run_dir']} is not set")
+    return create_app(api_key=api_key_from(None), **kwargs)
