@@ -35,6 +35,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from anomaly.data import ImageDecodeError, decode_image  # the one defensive decoder, shared with the data layer
 from anomaly.models import Prediction
+from anomaly.utils import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ def _load_service(run_dir: Path, runtime: str, threads: int) -> _Service:
         rng = {"vmin": None, "vmax": None}  # no validation quantiles: per-image range
     info = {"method": run.config.get("method", run.detector.name), "category": run.config.get("category"),
             "image_size": run.image_size, "threshold": run.threshold, "runtime": runtime, "metrics": run.metrics,
-            "threshold_method": run.config.get("threshold_method"), "threshold_q": run.config.get("threshold_q"),
+            "threshold_method": _decision_text(run_dir), "threshold_q": run.config.get("threshold_q"),
             "threshold_k": run.config.get("threshold_k"), "n_validation": run.config.get("n_validation"),
             "heatmap_range": rng}
     info = _json_safe(info)
@@ -181,6 +182,14 @@ def _warm_up(service: _Service) -> None:
     image = decode_image(buffer.getvalue(), service.image_size)  # (3, S, S)
     out = service.scorer.predict(image[None])
     _heatmap_base64(image, out.anomaly_maps[0], service)
+
+
+def _decision_text(run_dir: Path) -> str | None:
+    """How the threshold was set, e.g. "conformal, target FRR 0.05, 320 crossfit scores" (None: an older run)."""
+    thr = read_json(run_dir / "threshold.json")
+    if "estimator" not in thr:
+        return thr.get("method")
+    return f"{thr['estimator']}, target FRR {thr['target_frr']:g}, {thr['n_scores']} {thr['calibration']} scores"
 
 
 def _score_uploads(service: _Service, files: list[UploadFile], mask: bool = False) -> list[PredictResponse]:
