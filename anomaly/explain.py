@@ -131,8 +131,10 @@ def calibration_text(results: Any) -> str:
     labels = results.predictions["labels"].astype(bool)
     flagged = results.predictions["image_scores"] >= results.threshold
     tpr, fpr, rate = float(flagged[labels].mean()), float(flagged[~labels].mean()), float(labels.mean())
-    lines = [f"- The threshold comes from {val.size} good validation scores (blue outline)."]
-    if thr["method"] == "quantile" and val.size:
+    lines = [f"- The threshold comes from {val.size} good {thr.get('calibration', 'validation')} scores (blue outline)"
+             + (f", {thr['estimator']} for a target false-reject rate of {thr['target_frr']:g}." if "estimator" in thr
+                else ".")]
+    if thr.get("method") == "quantile" and val.size:
         pos = thr["q"] * (val.size - 1)
         lines.append(f"  Their {100 * thr['q']:g}th percentile interpolates between sorted scores {int(pos) + 1} and "
                      f"{min(int(pos) + 2, val.size)} of {val.size}: with so few scores it is in effect their maximum "
