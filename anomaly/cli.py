@@ -97,15 +97,17 @@ def cmd_threshold(args: argparse.Namespace) -> None:
     print(json.dumps(summary, indent=2))
 
 
-def _compare(run_dir: str, target_frr: float, load_predictions: Callable) -> list[dict]:
-    """Realised rates of every estimator (needs an evaluated run)."""
+def _compare(run_dir: str, target_frr: float, load_predictions: Callable) -> dict[str, list[dict]]:
+    """Realised rates of every estimator, and of conformal from random subsets of the scores (an evaluated run)."""
     from anomaly.calibration import read_calibration
-    from anomaly.rates import compare_estimators
+    from anomaly.rates import compare_estimators, small_n_cost
 
     if not (Path(run_dir) / "predictions.npz").is_file():
         raise ValueError(f"--compare needs test predictions: run `anomaly evaluate --run-dir {run_dir}` first")
     out = load_predictions(run_dir)
-    return compare_estimators(read_calibration(run_dir)["scores"], out["labels"], out["image_scores"], target_frr)
+    calibration = read_calibration(run_dir)["scores"]
+    return {"estimators": compare_estimators(calibration, out["labels"], out["image_scores"], target_frr),
+            "conformal_with_fewer_scores": small_n_cost(calibration, out["labels"], out["image_scores"], target_frr)}
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -119,15 +121,16 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from anomaly.inspection import inspect_paths, list_images
     from anomaly.pipeline import load_run, predict_paths
 
-    paths = list_images(args.images)  # folders expanded; a missing input exits 2 before the run loads
+    if (args.heatmaps and not args.csv) or (args.csv and args.heatmap_dir):
+        raise ValueError("--heatmaps OUT goes with --csv; --heatmap-dir with the JSON lines (no --csv)")
     run = load_run(args.run_dir, device=args.device)
     if args.csv:
         summary = inspect_paths(run, args.images, args.csv, heatmap_dir=args.heatmaps, batch_size=args.batch_size,
-                                runtime=args.runtime)
+                                runtime=args.runtime, threads=args.threads)
         print(json.dumps(summary))
         return
     heatmap_dir = Path(args.heatmap_dir) if args.heatmap_dir else Path(args.run_dir) / "heatmaps"
-    for record in predict_paths(run, paths, heatmap_dir=heatmap_dir):
+    for record in predict_paths(run, list_images(args.images), heatmap_dir=heatmap_dir):  # folders expanded
         print(json.dumps(record))
 
 
@@ -209,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
                                          "from the stored calibration scores, without refitting")
     p.add_argument("--run-dir", required=True)
     _add_decision(p, target_default=None, pixel_default=None)
-    p.add_argument("--compare", action="store_true", help="realised test FRR/recall of every estimator")
+    p.add_argument("--compare", action="store_true",
+                   help="realised test FRR/recall of every estimator, and of conformal from 10-160 of the scores")
     p.set_defaults(func=cmd_threshold)
 
     p = sub.add_parser("predict", help="score image files or folders; one JSON line per image, or a CSV (--csv)")
@@ -219,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heatmaps", metavar="OUT", help="--csv mode: write a heatmap PNG per image here (default: none)")
     p.add_argument("--batch-size", type=_positive_int, default=16, help="--csv mode: images scored together")
     p.add_argument("--runtime", default="torch", choices=("torch", "onnx"), help="--csv mode: torch or the ONNX graph")
+    p.add_argument("--threads", type=_positive_int, help="--csv mode: intra-op threads (default: every core)")
     p.add_argument("images", nargs="+", metavar="FOLDER_OR_FILE", help="image files, or folders searched recursively")
     _add_common(p)
     p.set_defaults(func=cmd_predict)

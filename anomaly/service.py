@@ -35,6 +35,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from anomaly.data import ImageDecodeError, decode_image  # the one defensive decoder, shared with the data layer
 from anomaly.models import Prediction
+from anomaly.utils import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -164,12 +165,18 @@ def _load_service(run_dir: Path, runtime: str, threads: int) -> _Service:
         rng = {"vmin": None, "vmax": None}  # no validation quantiles: per-image range
     info = {"method": run.config.get("method", run.detector.name), "category": run.config.get("category"),
             "image_size": run.image_size, "threshold": run.threshold, "runtime": runtime, "metrics": run.metrics,
-            "threshold_method": run.config.get("threshold_method"), "threshold_q": run.config.get("threshold_q"),
-            "threshold_k": run.config.get("threshold_k"), "n_validation": run.config.get("n_validation"),
-            "heatmap_range": rng}
+            "decision": _decision(run_dir), "heatmap_range": rng}
     info = _json_safe(info)
     logger.info("serving %s (%s, %d px) with %s", run_dir, info["method"], run.image_size, runtime)
     return _Service(scorer, info, run.image_size, run.threshold, rng["vmin"], rng["vmax"], run.pixel_threshold)
+
+
+def _decision(run_dir: Path) -> dict[str, Any]:
+    """How the threshold was set: the scalar fields of ``threshold.json`` (target FRR, estimator, n scores, ...)."""
+    from anomaly.utils import read_json
+
+    record = read_json(run_dir / "threshold.json")
+    return {k: v for k, v in record.items() if v is None or isinstance(v, (bool, int, float, str))}
 
 
 def _warm_up(service: _Service) -> None:

@@ -102,8 +102,9 @@ def test_training_run_dir_follows_method(tmp_path, synthetic_root):
 
     assert [run_dir_for(m) for m in METHODS] == [f"weights/report/{m}" for m in METHODS]
     assert run_dir_for("padim", "mine") == "mine"
-    assert papermill.inspect_notebook(str(notebook_dir() / "02_training.ipynb"))["run_dir"]["default"] == "None"
-    papermill.execute_notebook(str(notebook_dir() / "02_training.ipynb"), str(tmp_path / "02.ipynb"), kernel_name="python3",
+    source = notebook_dir() / "02_training.ipynb"
+    assert papermill.inspect_notebook(str(source))["run_dir"]["default"] == "None"
+    papermill.execute_notebook(str(source), str(tmp_path / "02.ipynb"), kernel_name="python3",
                                parameters={"data": str(synthetic_root), "method": "intensity", "image_size": 64},
                                cwd=str(tmp_path), progress_bar=False)
     assert (tmp_path / "weights" / "report" / "intensity" / "model.json").is_file()
