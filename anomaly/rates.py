@@ -93,3 +93,25 @@ def compare_estimators(calibration_scores: np.ndarray, labels: np.ndarray, score
                      **{k: op[k] for k in ("frr", "frr_ci", "recall", "recall_ci", "oracle_recall_at_frr",
                                            "false_rejects", "n_good")}})
     return rows
+
+
+def small_n_cost(calibration_scores: np.ndarray, labels: np.ndarray, scores: np.ndarray, target_frr: float,
+                 sizes: tuple[int, ...] = (10, 20, 40, 80, 160), draws: int = 200, seed: int = 0,
+                 estimator: str = "conformal") -> list[dict]:
+    """What fewer calibration scores cost: mean realised test FRR and recall over random subsets of size n.
+
+    Returns:
+        One dict per usable size: ``n, reachable_share, mean_frr, mean_recall, draws``.
+    """
+    rng = np.random.default_rng(seed)
+    calibration_scores = np.asarray(calibration_scores, dtype=np.float64)
+    rows = []
+    for n in (s for s in sizes if s <= calibration_scores.size):
+        frr, recall, reachable = [], [], []
+        for _ in range(draws):
+            fitted = frr_threshold(rng.choice(calibration_scores, n, replace=False), target_frr, estimator)
+            op = operating_point_metrics(labels, scores, fitted["threshold"])
+            frr.append(op["frr"]), recall.append(op["recall"]), reachable.append(fitted["reachable"])
+        rows.append({"n": n, "reachable_share": float(np.mean(reachable)), "mean_frr": float(np.mean(frr)),
+                     "mean_recall": float(np.mean(recall)), "draws": draws})
+    return rows

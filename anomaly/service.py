@@ -35,6 +35,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from anomaly.data import ImageDecodeError, decode_image  # the one defensive decoder, shared with the data layer
 from anomaly.models import Prediction
+from anomaly.utils import read_json
 
 logger = logging.getLogger(__name__)
 

@@ -122,7 +122,9 @@ def test_threshold_command_rederives_without_refit(padim_run, capsys):
     after = json.loads((padim_run / "threshold.json").read_text())
     assert after["target_frr"] == 0.5 and after["reachable"] and after["threshold"] < before
     assert printed["threshold"]["threshold"] == after["threshold"]
-    assert [row["estimator"] for row in printed["compare"]] == ["conformal", "empirical", "conservative", "tail"]
+    rows = printed["compare"]["estimators"]
+    assert [row["estimator"] for row in rows] == ["conformal", "empirical", "conservative", "tail"]
+    assert [row["n"] for row in printed["compare"]["conformal_with_fewer_scores"]] == [10]  # 12 scores
     metrics = json.loads((padim_run / "metrics.json").read_text())
     assert metrics["target_frr"] == 0.5 and metrics["threshold"] == pytest.approx(after["threshold"])
     assert (padim_run / "model.pt").read_bytes() == model  # no refit

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from anomaly.rates import compare_estimators, operating_point_metrics, oracle_recall_at_frr, wilson_interval
+from anomaly.rates import (compare_estimators, operating_point_metrics, oracle_recall_at_frr, small_n_cost,
+                          wilson_interval)
 
 
 @pytest.mark.parametrize("k, n, expected", [
@@ -64,3 +65,13 @@ def test_operating_point_figure_has_two_panels():
     metrics = {**operating_point_metrics(labels, scores, 1.5, 0.05), "threshold": 1.5}
     fig = operating_point_figure(rng.normal(size=50), labels, scores, metrics)
     assert len(fig.axes) == 2 and fig.axes[1].get_xlabel().startswith("false-reject rate")
+
+
+def test_small_n_cost_few_scores_cannot_reach_the_target():
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(100, int), np.ones(100, int)]
+    scores = np.r_[rng.normal(size=100), rng.normal(2.0, 1.0, size=100)]
+    rows = small_n_cost(rng.normal(size=200), labels, scores, 0.05, sizes=(10, 100, 500), draws=20)
+    assert [r["n"] for r in rows] == [10, 100]
+    assert rows[0]["reachable_share"] == 0.0 and rows[1]["reachable_share"] == 1.0
+    assert rows[0]["mean_frr"] > 0.06  # the largest of 10 scores rejects ~1 / 11 of good parts: target missed

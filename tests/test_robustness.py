@@ -330,7 +330,9 @@ def test_an_unmarked_or_mixed_folder_is_refused_by_every_command(pc_run, tmp_pat
     copy = tmp_path / "old"
     shutil.copytree(pc_run, copy)
     (copy / MARKER).unlink()
-    for argv in (["evaluate", "--run-dir", str(copy)], ["predict", "--run-dir", str(copy), "x.png"],
+    image = tmp_path / "x.png"  # an image that exists: predict checks its inputs before the run folder
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+    for argv in (["evaluate", "--run-dir", str(copy)], ["predict", "--run-dir", str(copy), str(image)],
                  ["export", "--run-dir", str(copy)]):
         with pytest.raises(SystemExit) as exc:
             main([*argv, *(["--device", "cpu"] if argv[0] != "export" else [])])

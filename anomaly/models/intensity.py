@@ -22,9 +22,10 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader
 
-from anomaly.features import resize_images
-from anomaly.models.base import Detector, Prediction
-from anomaly.models.postprocess import gaussian_blur, upsample_maps
+from torch import nn
+
+from anomaly.models.base import Detector
+from anomaly.models.postprocess import gaussian_blur
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +44,32 @@ class IntensityConfig:
             raise ValueError(f"smooth_sigma must be >= 0 (0 disables), got {self.smooth_sigma}")
 
 
+class IntensityModel(nn.Module):
+    """The baseline's inference as one module (nothing fitted, so always ``fitted``)."""
+
+    fitted = True
+
+    def __init__(self, config: IntensityConfig) -> None:
+        super().__init__()
+        self.smooth_sigma = float(config.smooth_sigma)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, S, S) in [0, 1] -> scores (B,) and maps (B, S, S)."""
+        grey = images.mean(1)  # (B, S, S)
+        median = grey.flatten(1).median(1).values  # (B,) each image's own median grey
+        maps = gaussian_blur((grey - median[:, None, None]).abs(), self.smooth_sigma)  # (B, S, S)
+        return maps.flatten(1).amax(1), maps
+
+
 class IntensityBaseline(Detector):
     """No-learning baseline: smoothed |grey - the image's median grey|; score = the map's maximum."""
 
     name = "intensity"
     config_class = IntensityConfig
+
+    def __init__(self, config: IntensityConfig | dict | None = None, device: str | torch.device = "cpu") -> None:
+        super().__init__(config, device)
+        self.model = IntensityModel(self.config).to(self.device).eval()
 
     def _fit(self, train_loader: DataLoader) -> None:
         n = sum(len(batch["image"]) for batch in train_loader)
@@ -55,21 +77,9 @@ class IntensityBaseline(Detector):
             raise ValueError("the intensity baseline needs at least 1 training image (it learns nothing from it)")
         logger.info("intensity baseline: nothing to learn (%d good images seen)", n)
 
-    def _predict(self, images: torch.Tensor) -> Prediction:
-        return Prediction(*(t.float().cpu().numpy() for t in intensity_maps(images, self.config)))
-
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"image_size": torch.tensor([self.config.image_size])}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self._check_state(state, {"image_size": (1,)})
 
-
-def intensity_maps(images: torch.Tensor, config: IntensityConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scores (B,) and maps (B, H, W) of the baseline for (B, 3, H, W) images in [0, 1]."""
-    size = config.image_size
-    grey = resize_images(images, size).mean(1)  # (B, S, S)
-    median = grey.flatten(1).median(1).values  # (B,) each image's own median grey
-    maps = gaussian_blur((grey - median[:, None, None]).abs(), config.smooth_sigma)  # (B, S, S)
-    scores = maps.flatten(1).amax(1)  # (B,)
-    return scores, upsample_maps(maps, tuple(images.shape[-2:]))  # (B,), (B, H, W)
