@@ -111,3 +111,14 @@ def test_key_is_asked_once_and_used(browser, patchcore_run, defective):
         assert page.evaluate("sessionStorage.getItem('anomaly-api-key')") == KEY
         assert page.is_hidden("#key-form")
         page.close()
+
+
+def test_too_large_upload_is_explained(browser, patchcore_run, defective):
+    with serve(create_app(patchcore_run, max_upload_bytes=1000)) as url:
+        page = browser.new_page(viewport=VIEWPORT)
+        page.goto(url + "/")
+        card = upload(page, defective)
+        assert card.get_attribute("data-state") == "error"
+        message = card.locator(".error").inner_text()
+        assert f"{defective.name}: rejected (too large)" in message and "limit is 1000 bytes" in message
+        page.close()
