@@ -121,15 +121,16 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from anomaly.inspection import inspect_paths, list_images
     from anomaly.pipeline import load_run, predict_paths
 
-    paths = list_images(args.images)  # folders expanded; a missing input exits 2 before the run loads
+    if (args.heatmaps and not args.csv) or (args.csv and args.heatmap_dir):
+        raise ValueError("--heatmaps OUT goes with --csv; --heatmap-dir with the JSON lines (no --csv)")
     run = load_run(args.run_dir, device=args.device)
     if args.csv:
         summary = inspect_paths(run, args.images, args.csv, heatmap_dir=args.heatmaps, batch_size=args.batch_size,
-                                runtime=args.runtime)
+                                runtime=args.runtime, threads=args.threads)
         print(json.dumps(summary))
         return
     heatmap_dir = Path(args.heatmap_dir) if args.heatmap_dir else Path(args.run_dir) / "heatmaps"
-    for record in predict_paths(run, paths, heatmap_dir=heatmap_dir):
+    for record in predict_paths(run, list_images(args.images), heatmap_dir=heatmap_dir):  # folders expanded
         print(json.dumps(record))
 
 
@@ -220,8 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heatmap-dir", help="JSON mode: where heatmap PNGs go (default RUN_DIR/heatmaps)")
     p.add_argument("--csv", help="stream one row per image into this CSV (resumes: paths already in it are skipped)")
     p.add_argument("--heatmaps", metavar="OUT", help="--csv mode: write a heatmap PNG per image here (default: none)")
-    p.add_argument("--batch-size", type=_positive_int, default=16, help="--csv mode: images scored together")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="--csv mode: images scored together")
     p.add_argument("--runtime", default="torch", choices=("torch", "onnx"), help="--csv mode: torch or the ONNX graph")
+    p.add_argument("--threads", type=_positive_int, help="--csv mode: intra-op threads (default: every core)")
     p.add_argument("images", nargs="+", metavar="FOLDER_OR_FILE", help="image files, or folders searched recursively")
     _add_common(p)
     p.set_defaults(func=cmd_predict)

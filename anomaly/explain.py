@@ -124,21 +124,25 @@ def patch_pair_text(pair: dict[str, Any]) -> str:
 
 
 def calibration_text(results: Any) -> str:
-    """Markdown for notebook 03: what the threshold's quantile of few scores means, and why precision moves
-    with the defect rate (``results`` is a :class:`anomaly.study.RunResults`)."""
+    """Markdown for notebook 03: how many calibration scores the threshold rests on, what a high quantile of few
+    scores is, and why precision moves with the defect rate (``results`` is a :class:`anomaly.study.RunResults`)."""
     val = np.sort(np.asarray(results.validation_scores, dtype=np.float64))
     thr = read_json(Path(results.run_dir) / "threshold.json")
     labels = results.predictions["labels"].astype(bool)
     flagged = results.predictions["image_scores"] >= results.threshold
     tpr, fpr, rate = float(flagged[labels].mean()), float(flagged[~labels].mean()), float(labels.mean())
-    lines = [f"- The threshold comes from {val.size} good {thr.get('calibration', 'validation')} scores (blue outline)"
-             + (f", {thr['estimator']} for a target false-reject rate of {thr['target_frr']:g}." if "estimator" in thr
-                else ".")]
-    if thr.get("method") == "quantile" and val.size:
-        pos = thr["q"] * (val.size - 1)
-        lines.append(f"  Their {100 * thr['q']:g}th percentile interpolates between sorted scores {int(pos) + 1} and "
-                     f"{min(int(pos) + 2, val.size)} of {val.size}: with so few scores it is in effect their maximum "
-                     f"({val[-1]:.4g}), so one unusual good part moves the threshold.")
+    kind = thr.get("calibration", "validation")
+    source = ("out-of-sample (cross-fitted) scores of the good training images" if kind == "crossfit"
+              else "scores of good validation images")
+    n = val.size
+    lines = [f"- The threshold {results.threshold:.4g} rests on {n} calibration scores ({source}; blue outline)"
+             + (f", set for a target false-reject rate of {thr['target_frr']:g} ({thr['estimator']} estimator)."
+                if "target_frr" in thr else ".")]
+    if n:
+        k99 = int(np.ceil((n + 1) * 0.99))
+        lines.append(f"- A 99th percentile of {n} scores is the {min(k99, n)}-th smallest of them"
+                     + (f", i.e. their maximum ({val[-1]:.4g}): with so few scores nothing separates the top 1 %, "
+                        f"and one unusual good part moves the threshold." if k99 >= n else "."))
     lines.append(f"- Precision depends on how common defects are, recall does not. Here recall is {tpr:.2f} and "
                  f"{fpr:.2f} of good test parts are flagged; with this test set's defect rate ({100 * rate:.0f} %) "
                  f"precision is {_precision(tpr, fpr, rate):.2f}, at a 1 % defect rate (a realistic line) it would be "

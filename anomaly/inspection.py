@@ -2,9 +2,9 @@
 
 ``anomaly predict --run-dir DIR FOLDER_OR_FILES... --csv results.csv [--heatmaps OUT]`` calls
 :func:`inspect_paths`. Folders are walked recursively (image extensions only, sorted), files are
-taken as named. Images are decoded and scored ``batch_size`` at a time; each image's row
-(path, score, is_anomalous, regions, error) is written and flushed before the next batch, and
-nothing of an image is kept after its row is written, so memory does not grow with the number of
+taken as named. Images are decoded and scored ``batch_size`` at a time; each image's row (path,
+score, is_anomalous, regions = the number of defect regions, error) is written and flushed before
+the next batch, and nothing of an image is kept after its row is written, so memory does not grow with the number of
 images (beyond the list of paths). A file that cannot be decoded gets a row with its error and an
 empty score. Re-running with the same CSV skips every path already in it (a cut-off last line is
 dropped first), so an interrupted run resumes without redoing finished rows.
@@ -16,6 +16,7 @@ import csv
 import hashlib
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -82,84 +83,107 @@ def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
 
 
 def inspect_paths(run: Any, inputs: Sequence[str | Path], csv_path: str | Path, heatmap_dir: str | Path | None = None,
-                  batch_size: int = 16, runtime: str = "torch", progress: bool = True) -> dict[str, Any]:
+                  batch_size: int = 8, runtime: str = "torch", threads: int | None = None,
+                  progress: bool = True) -> dict[str, Any]:
     """Score every image in ``inputs`` with ``run`` (a loaded :class:`anomaly.pipeline.Run`), one CSV row each.
+
+    The next batch is decoded in a background thread while the current one is scored, so at most
+    two batches of images are in memory.
 
     Args:
         csv_path: written as it goes (appended to when it exists: its paths are skipped).
         heatmap_dir: when given, one heatmap PNG per image, named by :func:`heatmap_name`.
         batch_size: images decoded and scored together.
         runtime: ``"torch"`` (the detector) or ``"onnx"`` (the run's exported graph in onnxruntime).
+        threads: intra-op threads of the runtime (default: every core).
 
     Returns:
         dict with images (found), skipped (already in the CSV), written, errors, anomalous,
-        seconds and images_per_s (rows written per second).
+        seconds, images_per_s (rows written per second) and peak_rss_mib (this process).
     """
+    from anomaly.pipeline import peak_rss_mib
+
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     csv_path = Path(csv_path)
     paths = list_images(inputs)
-    done = done_paths(csv_path)
-    todo = [p for p in paths if str(p) not in done]
-    scorer = _scorer(run, runtime)
+    todo = [p for p in paths if str(p) not in done_paths(csv_path)]
+    scorer = _scorer(run, runtime, threads)
     colours = _display_range(run) if heatmap_dir is not None else {}
     counts = {"written": 0, "errors": 0, "anomalous": 0}
     start = time.perf_counter()
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     new_file = not csv_path.exists() or csv_path.stat().st_size == 0
-    with csv_path.open("a", newline="", encoding="utf-8") as handle, \
+    with csv_path.open("a", newline="", encoding="utf-8") as handle, ThreadPoolExecutor(1) as decoder, \
             tqdm(total=len(todo), desc="inspect", unit="img", disable=not progress) as bar:
         writer = csv.writer(handle)
         if new_file:
             writer.writerow(COLUMNS)
-        for batch in batched(todo, batch_size):
-            for row in _inspect_batch(run, scorer, batch, heatmap_dir, colours):
+        batches = batched(todo, batch_size)
+        pending = decoder.submit(_decode_batch, next(batches, []), run.image_size)
+        while True:
+            rows, images = pending.result()
+            if not rows:
+                break
+            pending = decoder.submit(_decode_batch, next(batches, []), run.image_size)  # overlaps the scoring
+            for row in _score_batch(run, scorer, rows, images, heatmap_dir, colours):
                 writer.writerow([row[c] for c in COLUMNS])
                 counts["written"] += 1
                 counts["errors"] += bool(row["error"])
                 counts["anomalous"] += row["is_anomalous"] is True
             handle.flush()
-            bar.update(len(batch))
+            bar.update(len(rows))
     seconds = time.perf_counter() - start
     return {"images": len(paths), "skipped": len(paths) - len(todo), **counts, "seconds": seconds,
-            "images_per_s": counts["written"] / seconds if seconds > 0 else 0.0, "csv": str(csv_path)}
+            "images_per_s": counts["written"] / seconds if seconds > 0 else 0.0, "peak_rss_mib": peak_rss_mib(),
+            "csv": str(csv_path)}
 
 
-def _inspect_batch(run: Any, scorer: Any, paths: list[Path], heatmap_dir: str | Path | None,
-                   colours: dict[str, float]) -> list[dict[str, Any]]:
-    """Decode (errors become rows), score the decodable images as one batch, optionally write heatmaps."""
-    rows: list[dict[str, Any]] = []
-    images, scored = [], []
+def _decode_batch(paths: list[Path], image_size: int) -> tuple[list[dict[str, Any]], list[torch.Tensor]]:
+    """One row per path, and the (3, S, S) images of those that decoded (an error fills the row's ``error``)."""
+    rows, images = [], []
     for path in paths:
         row = {"path": str(path), "score": "", "is_anomalous": "", "regions": "", "error": ""}
         try:
-            images.append(decode_image(path, run.image_size))  # (3, S, S)
-            scored.append(row)
+            images.append(decode_image(path, image_size))  # (3, S, S)
         except (DataError, OSError) as err:
             row["error"] = str(err)
             logger.warning("%s", err)
         rows.append(row)
-    if images:
-        batch = torch.stack(images)  # (B, 3, S, S)
-        out = scorer.predict(batch)  # scores (B,), maps (B, S, S)
-        for i, row in enumerate(scored):
-            score = float(out.image_scores[i])
-            row.update(score=score, is_anomalous=bool(score >= run.threshold))
-            row["regions"] = ""  # the defect-region count goes here once runs define regions (issue 9)
-            if heatmap_dir is not None:
-                from anomaly.viz import save_heatmap_png
+    return rows, images
 
-                save_heatmap_png(batch[i], out.anomaly_maps[i], Path(heatmap_dir) / heatmap_name(row["path"]), **colours)
+
+def _score_batch(run: Any, scorer: Any, rows: list[dict[str, Any]], images: list[torch.Tensor],
+                 heatmap_dir: str | Path | None, colours: dict[str, float]) -> list[dict[str, Any]]:
+    """Score the decoded images as one batch into their rows; optionally write heatmaps."""
+    from anomaly.pipeline import regions_of
+
+    if not images:
+        return rows
+    batch = torch.stack(images)  # (B, 3, S, S)
+    out = scorer.predict(batch)  # scores (B,), maps (B, S, S)
+    for i, row in enumerate(r for r in rows if not r["error"]):
+        score = float(out.image_scores[i])
+        row.update(score=score, is_anomalous=bool(score >= run.threshold))
+        row["regions"] = "" if run.pixel_threshold is None else len(regions_of(run, out.anomaly_maps[i]))
+        if heatmap_dir is not None:
+            from anomaly.viz import save_heatmap_png
+
+            save_heatmap_png(batch[i], out.anomaly_maps[i], Path(heatmap_dir) / heatmap_name(row["path"]), **colours)
     return rows
 
 
-def _scorer(run: Any, runtime: str) -> Any:
+def _scorer(run: Any, runtime: str, threads: int | None = None) -> Any:
     if runtime == "torch":
+        if threads is not None:
+            from anomaly.export import set_torch_threads
+
+            set_torch_threads(threads)
         return run.detector
     if runtime == "onnx":
         from anomaly.export import load_onnx_scorer
 
-        return load_onnx_scorer(run)
+        return load_onnx_scorer(run, threads=threads)
     raise ValueError(f"unknown runtime {runtime!r}; choose torch or onnx")
 
 

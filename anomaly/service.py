@@ -165,12 +165,18 @@ def _load_service(run_dir: Path, runtime: str, threads: int) -> _Service:
         rng = {"vmin": None, "vmax": None}  # no validation quantiles: per-image range
     info = {"method": run.config.get("method", run.detector.name), "category": run.config.get("category"),
             "image_size": run.image_size, "threshold": run.threshold, "runtime": runtime, "metrics": run.metrics,
-            "threshold_method": _decision_text(run_dir), "threshold_q": run.config.get("threshold_q"),
-            "threshold_k": run.config.get("threshold_k"), "n_validation": run.config.get("n_validation"),
-            "heatmap_range": rng}
+            "decision": _decision(run_dir), "heatmap_range": rng}
     info = _json_safe(info)
     logger.info("serving %s (%s, %d px) with %s", run_dir, info["method"], run.image_size, runtime)
     return _Service(scorer, info, run.image_size, run.threshold, rng["vmin"], rng["vmax"], run.pixel_threshold)
+
+
+def _decision(run_dir: Path) -> dict[str, Any]:
+    """How the threshold was set: the scalar fields of ``threshold.json`` (target FRR, estimator, n scores, ...)."""
+    from anomaly.utils import read_json
+
+    record = read_json(run_dir / "threshold.json")
+    return {k: v for k, v in record.items() if v is None or isinstance(v, (bool, int, float, str))}
 
 
 def _warm_up(service: _Service) -> None:
@@ -182,14 +188,6 @@ def _warm_up(service: _Service) -> None:
     image = decode_image(buffer.getvalue(), service.image_size)  # (3, S, S)
     out = service.scorer.predict(image[None])
     _heatmap_base64(image, out.anomaly_maps[0], service)
-
-
-def _decision_text(run_dir: Path) -> str | None:
-    """How the threshold was set, e.g. "conformal, target FRR 0.05, 320 crossfit scores" (None: an older run)."""
-    thr = read_json(run_dir / "threshold.json")
-    if "estimator" not in thr:
-        return thr.get("method")
-    return f"{thr['estimator']}, target FRR {thr['target_frr']:g}, {thr['n_scores']} {thr['calibration']} scores"
 
 
 def _score_uploads(service: _Service, files: list[UploadFile], mask: bool = False) -> list[PredictResponse]:

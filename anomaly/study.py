@@ -131,9 +131,19 @@ def summarise_metrics(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def summarise_comparison(table: pd.DataFrame) -> str:
-    """Markdown: which method wins on each metric, and how fast each is, from :func:`metrics_table`."""
+def summarise_comparison(table: pd.DataFrame, margins: dict[str, Any] | None = None) -> str:
+    """Markdown: which method wins on each metric, each method's margin over the best baseline (with its paired
+    interval, from :func:`anomaly.evidence.margins_over_baseline`), the flag-all F1, and how fast each is."""
+    from anomaly.evidence import fmt_ci
+
     lines = []
+    for method, margin in (margins or {}).items():
+        parts = [f"{key.replace('_', ' ')} {fmt_ci(m['margin'], m['ci'], signed=True)}{'' if m['real'] else ' (not real)'}"
+                 for key, m in sorted(margin.items())]
+        lines.append(f"- **{method}** over the best baseline: " + "; ".join(parts) + ".")
+    if "f1_flag_all" in table and table["f1_flag_all"].notna().any():
+        lines.append(f"- Flagging every part gives F1 {table['f1_flag_all'].dropna().iloc[0]:.3f}; oracle F1-max per "
+                     "method: " + ", ".join(f"{k} {v:.3f}" for k, v in table["f1_max_oracle"].items()) + ".")
     for column, label in (("image_auroc", "detection (image AUROC)"), ("pixel_auroc", "localisation (pixel AUROC)"),
                           ("aupro", "region overlap (AUPRO@0.3)"), ("f1", "F1 at the calibrated threshold")):
         ranked = table[column].sort_values(ascending=False)

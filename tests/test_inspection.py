@@ -62,6 +62,8 @@ def test_rows_match_the_detector_and_corrupt_file_is_a_row(run, folder, tmp_path
     expected = run.detector.predict(read_image(first["path"], run.image_size)[None]).image_scores[0]
     assert float(first["score"]) == pytest.approx(float(expected), rel=1e-4)
     assert first["is_anomalous"] == str(float(first["score"]) >= run.threshold)
+    if run.pixel_threshold is not None:  # the number of defect regions at the run's pixel threshold
+        assert all(r["regions"].isdigit() for r in rows if not r["error"])
     heatmaps = sorted(p.name for p in (tmp_path / "heat").iterdir())
     assert len(heatmaps) == 6 and len(set(heatmaps)) == 6  # a/000.png and b/000.png do not overwrite each other
     assert heatmap_name(folder / "a" / "000.png") in heatmaps
@@ -96,9 +98,20 @@ def test_cli_csv_mode_and_json_mode(patchcore_run, folder, tmp_path, capsys):
     assert main(["predict", "--run-dir", str(patchcore_run), "--device", "cpu", "--heatmap-dir", str(tmp_path / "h"),
                  str(folder / "a")]) == 0
     assert [json.loads(line)["path"] for line in capsys.readouterr().out.strip().splitlines()] == good
+    assert main(["predict", "--run-dir", str(patchcore_run), "--device", "cpu", "--heatmap-dir", str(tmp_path / "j"),
+                 str(folder / "a" / "000.png"), str(folder / "b" / "000.png")]) == 0
+    assert len({json.loads(line)["heatmap"] for line in capsys.readouterr().out.strip().splitlines()}) == 2
+    assert len(list((tmp_path / "j").iterdir())) == 2  # same file name, different folders: two heatmaps
     with pytest.raises(SystemExit) as exc:  # JSON mode still stops with exit 2 on an unreadable image
         main(["predict", "--run-dir", str(patchcore_run), "--device", "cpu", str(folder / "b" / "broken.png")])
     assert exc.value.code == 2
     with pytest.raises(SystemExit) as exc:
         main(["predict", "--run-dir", str(patchcore_run), "--csv", str(out), str(tmp_path / "nowhere")])
     assert exc.value.code == 2 and "no such" in capsys.readouterr().err
+
+
+def test_heatmap_options_belong_to_their_mode(patchcore_run, folder, tmp_path, capsys):
+    for extra in (["--heatmaps", str(tmp_path / "h")], ["--csv", str(tmp_path / "x.csv"), "--heatmap-dir", "h"]):
+        with pytest.raises(SystemExit) as exc:
+            main(["predict", "--run-dir", str(patchcore_run), *extra, str(folder)])
+        assert exc.value.code == 2 and "--heatmaps OUT goes with --csv" in capsys.readouterr().err

@@ -42,10 +42,11 @@ def test_notebooks_write_run_folders_and_conclusions(report):
         metrics = json.loads((runs / method / "metrics.json").read_text())
         assert metrics["method"] == method and 0.0 <= metrics["image_auroc"] <= 1.0
     refits = sorted(p.parent.name for p in (runs / "efficiency").glob("*/metrics.json"))
-    # 2 seeds x (3 images + the full set); seed 0's full-set point reuses runs/patchcore
-    assert refits == ["patchcore_s0_n0003", "patchcore_s1_n0003", "patchcore_s1_n0012"]  # cross-fit: all 12 fit
+    # 2 seeds x (3 images + the full set: all 12, PatchCore is cross-fitted); seed 0's full-set point reuses runs/patchcore
+    assert refits == ["patchcore_s0_n0003", "patchcore_s1_n0003", "patchcore_s1_n0012"]
     nb = nbformat.read(out / "03_evaluation_patchcore.ipynb", as_version=4)
-    conclusion = next(c for c in nb.cells if "summarise_metrics" in c.source).outputs[0]["data"]["text/markdown"]
+    cell = next(c for c in nb.cells if "summarise_metrics" in c.source)  # the conclusions (not the last section)
+    conclusion = next(o for o in cell.outputs if "data" in o)["data"]["text/markdown"]
     assert f"{json.loads((runs / 'patchcore' / 'metrics.json').read_text())['image_auroc']:.3f}" in conclusion
 
 
@@ -97,12 +98,13 @@ def test_training_run_dir_follows_method(tmp_path, synthetic_root):
     import papermill
 
     from anomaly.explain import run_dir_for
-    from anomaly.report import NOTEBOOK_DIR
+    from anomaly.report import notebook_dir
 
     assert [run_dir_for(m) for m in METHODS] == [f"weights/report/{m}" for m in METHODS]
     assert run_dir_for("padim", "mine") == "mine"
-    assert papermill.inspect_notebook(str(NOTEBOOK_DIR / "02_training.ipynb"))["run_dir"]["default"] == "None"
-    papermill.execute_notebook(str(NOTEBOOK_DIR / "02_training.ipynb"), str(tmp_path / "02.ipynb"), kernel_name="python3",
+    source = notebook_dir() / "02_training.ipynb"
+    assert papermill.inspect_notebook(str(source))["run_dir"]["default"] == "None"
+    papermill.execute_notebook(str(source), str(tmp_path / "02.ipynb"), kernel_name="python3",
                                parameters={"data": str(synthetic_root), "method": "intensity", "image_size": 64},
                                cwd=str(tmp_path), progress_bar=False)
     assert (tmp_path / "weights" / "report" / "intensity" / "model.json").is_file()

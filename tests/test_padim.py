@@ -91,6 +91,8 @@ def test_save_load_gives_identical_predictions(fitted, tmp_path):
 def test_statistics_shapes_and_seeded_channel_subset(fitted):
     p = (64 // 4) ** 2
     assert fitted.mean.shape == (p, 20) and fitted.inv_covariance.shape == (p, 20, 20)
+    buffers = dict(fitted.model.named_buffers())  # the one module's buffers
+    assert buffers["mean"] is fitted.mean and buffers["inv_covariance"] is fitted.inv_covariance
     same, other = PaDiM(SMALL), PaDiM({**SMALL, "seed": 1})
     assert torch.equal(same.channel_index, fitted.channel_index)
     assert not torch.equal(other.channel_index, fitted.channel_index)

@@ -63,6 +63,7 @@ def test_save_load_gives_identical_predictions(fitted, tmp_path):
 def test_memory_bank_has_the_coreset_size(fitted):
     n_patches = 6 * 8 * 8  # 6 images, 64 px at stride 8
     assert fitted.memory_bank.shape == (coreset_size(n_patches, 0.25), 2 * 64)
+    assert dict(fitted.model.named_buffers())["memory_bank"] is fitted.memory_bank  # a buffer of the one module
 
 
 def test_unknown_or_invalid_config_raises():

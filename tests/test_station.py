@@ -62,7 +62,7 @@ def test_docs_work_offline(client):
 
 def test_model_card_fields(client):
     info = client.get("/model").json()
-    assert info["threshold_method"] == "quantile" and info["n_validation"] >= 1
+    assert info["decision"]["threshold"] == pytest.approx(info["threshold"]) and info["decision"]["n_scores"] >= 1
     assert set(info["heatmap_range"]) == {"vmin", "vmax"}
 
 
@@ -114,3 +114,43 @@ def test_app_factory_reads_the_environment(patchcore_run, monkeypatch):
         assert test_client.get("/model", headers={"X-API-Key": KEY}).json()["runtime"] == "torch"
     with pytest.raises(ValueError, match="unknown"):
         settings_to_env(run_dri="x")
+
+
+def test_serve_with_two_workers_and_a_key(patchcore_run, tmp_path):
+    """A real ``anomaly serve --workers 2 --api-key-file``: both workers answer, with the key only."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    key_file = tmp_path / "key"
+    key_file.write_text(KEY + "\n")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("ANOMALY_API_KEY", None)
+    server = subprocess.Popen([sys.executable, "-m", "anomaly", "serve", "--run-dir", str(patchcore_run), "--port",
+                               str(port), "--workers", "2", "--api-key-file", str(key_file)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.5)
+        assert httpx.get(url + "/model").status_code == 401
+        statuses = [httpx.post(url + "/predict", headers={"X-API-Key": KEY}, timeout=60,
+                               files={"file": ("a.png", png(), "image/png")}).status_code for _ in range(4)]
+        assert statuses == [200] * 4
+    finally:
+        os.killpg(server.pid, signal.SIGINT)
+        _, err = server.communicate(timeout=60)
+    assert err.decode().count("Application startup complete") >= 2, err.decode()[-2000:]  # two workers

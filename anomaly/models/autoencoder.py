@@ -37,6 +37,7 @@ from anomaly.models.postprocess import gaussian_blur, resize_images, ssim_map, t
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass
 class AutoencoderConfig:
     """Parameters of :class:`ConvAutoencoder` (the keys of ``--set``/``params``)."""
