@@ -87,9 +87,9 @@ def test_plan_runs_training_and_evaluation_once_per_method():
     jobs = plan_jobs(select_notebooks(["02", "03", "05"]), "d", "c", "runs", "synthetic", {"image_size": 96})
     assert [j.stem for j in jobs] == [f"02_training_{m}" for m in METHODS] + [
         f"03_evaluation_{m}" for m in METHODS] + ["05_method_comparison"]
-    assert [j.parameters["run_dir"] for j in jobs[:3]] == [f"runs/{m}" for m in METHODS]
+    assert [j.parameters["run_dir"] for j in jobs[:len(METHODS)]] == [f"runs/{m}" for m in METHODS]
     assert all(j.parameters["image_size"] == 96 for j in jobs if "image_size" in j.parameters)
-    assert "image_size" not in jobs[3].parameters  # 03 has no such parameter: not injected
+    assert "image_size" not in jobs[len(METHODS)].parameters  # 03 has no such parameter: not injected
 
 
 def test_training_run_dir_follows_method(tmp_path, synthetic_root):
