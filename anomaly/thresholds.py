@@ -1,4 +1,4 @@
-"""Decision thresholds and display normalisation that need no defective image.
+"""Decision thresholds that need no defective image: a target false-reject rate, a pixel threshold.
 
 Everything here is fitted on the scores (or maps) of GOOD images of ``train/good`` -- out-of-sample
 cross-fitted scores (:mod:`anomaly.calibration`) or a validation split -- never on test images or
