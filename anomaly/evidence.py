@@ -172,7 +172,7 @@ def evidence_markdown(run_dirs: Sequence[Any]) -> tuple[str, dict[str, Any]]:
     Args:
         run_dirs: evaluated run folders scored on the same test images (one per method).
     """
-    from anomaly.study import load_results
+    from anomaly.run_results import load_results
 
     results = [load_results(d) for d in run_dirs]
     margins = margins_over_baseline(results)

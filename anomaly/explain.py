@@ -125,7 +125,7 @@ def patch_pair_text(pair: dict[str, Any]) -> str:
 
 def calibration_text(results: Any) -> str:
     """Markdown for notebook 03: how many calibration scores the threshold rests on, what a high quantile of few
-    scores is, and why precision moves with the defect rate (``results`` is a :class:`anomaly.study.RunResults`)."""
+    scores is, and why precision moves with the defect rate (``results`` is a :class:`anomaly.run_results.RunResults`)."""
     val = np.sort(np.asarray(results.validation_scores, dtype=np.float64))
     thr = read_json(Path(results.run_dir) / "threshold.json")
     labels = results.predictions["labels"].astype(bool)

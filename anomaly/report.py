@@ -5,7 +5,8 @@ notebooks once per method -- with parameters injected (papermill), writes ``OUT/
 and ``.html`` (nbconvert), and ``OUT/index.html``: the answer (generated from the numbers, with the no-learning baseline and the
 bootstrap intervals), the comparison figure, example heatmaps per method, the table, then the links.
 Unknown parameters are errors (papermill itself only warns); a failing cell fails the report.
-The helpers the notebooks call live in :mod:`anomaly.study`.
+The helpers the notebooks call live in :mod:`anomaly.run_results`, :mod:`anomaly.sweeps`,
+:mod:`anomaly.exploration` and :mod:`anomaly.summaries`.
 """
 
 from __future__ import annotations
@@ -205,7 +206,7 @@ def write_index(out_dir: Path, runs_dir: Path, jobs: Sequence[Job], about: str) 
 def _evidence_html(run_dirs: Sequence[Path], out_dir: Path) -> str:
     """The answer, the comparison figure, a row of example heatmaps per method and the table, as HTML."""
     from anomaly import evidence, viz
-    from anomaly.study import comparison_examples, load_results
+    from anomaly.run_results import comparison_examples, load_results
 
     results = [load_results(d) for d in run_dirs]
     margins = evidence.margins_over_baseline(results)

@@ -6,7 +6,7 @@ are freed when dropped. Images are ``(3, H, W)`` tensors/arrays in [0, 1] (or ``
 ``(H, W)``); anomaly maps are ``(H, W)``; ground-truth masks ``(H, W)`` of 0/1.
 
 Heatmap colour ranges (``vmin``/``vmax``) should come from validation GOOD images
-(``study.RunResults.display_range``), never from the maps being shown -- otherwise every
+(``run_results.RunResults.display_range``), never from the maps being shown -- otherwise every
 image, good or not, is stretched to look equally anomalous.
 """
 
@@ -277,7 +277,7 @@ def data_efficiency_figure(table: pd.DataFrame, metrics: Sequence[str] = ("image
     """Each metric vs number of good training images (log x): mean over seeds with a min-max band per method.
 
     Args:
-        table: rows of ``method, seed, n_train`` and the metric columns (:func:`anomaly.study.data_efficiency`).
+        table: rows of ``method, seed, n_train`` and the metric columns (:func:`anomaly.sweeps.data_efficiency`).
         baselines: ``{name: {metric: value}}`` drawn as dotted horizontal lines (e.g. the no-learning baseline).
     """
     fig, axes = _new_figure(1, len(metrics), cell=4.0)
