@@ -110,10 +110,11 @@ def _run_one(job: tuple, isolate: bool, resume: bool) -> dict[str, Any]:
 
 def _fit_and_evaluate(data: str, category: str, method: str, run_dir: str, params: dict[str, Any], device: str,
                       seed: int) -> None:
+    from anomaly.config import RunConfig
     from anomaly.pipeline import evaluate_run, fit_run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    fit_run(data, category, method, run_dir, params=params, device=device, seed=seed)
+    fit_run(RunConfig(data, category, method, params=params, device=device, seed=seed), run_dir)
     evaluate_run(run_dir, device=device)
 
 

@@ -76,24 +76,25 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
 
 def cmd_fit(args: argparse.Namespace) -> None:
+    from anomaly.config import RunConfig
     from anomaly.pipeline import fit_run
 
-    run_dir = fit_run(args.data, args.category, args.method, args.run_dir, params=_model_params(args),
-                      device=args.device, seed=args.seed, val_fraction=args.val_fraction,
-                      batch_size=args.batch_size, target_frr=args.target_frr, estimator=args.estimator,
-                      pixel_fpr=args.pixel_fpr, folds=args.folds, max_train=args.max_train)
+    settings = {key: getattr(args, key) for key in RunConfig.field_names() if key != "params"}
+    config = RunConfig.from_dict({**settings, "params": _model_params(args)})
+    run_dir = fit_run(config, args.run_dir)
     print(run_dir)
 
 
 def cmd_threshold(args: argparse.Namespace) -> None:
-    from anomaly.pipeline import load_predictions, rethreshold_run
+    from anomaly.pipeline import rethreshold_run
+    from anomaly.runs import read_predictions
 
     result = rethreshold_run(args.run_dir, args.target_frr, estimator=args.estimator, pixel_fpr=args.pixel_fpr)
     keys = ("target_frr", "frr", "frr_ci", "recall", "recall_ci", "escape_rate", "oracle_recall_at_frr", "regions")
     summary = {"threshold": result["threshold"],
                "metrics": None if result["metrics"] is None else {k: result["metrics"].get(k) for k in keys}}
     if args.compare:
-        summary["compare"] = _compare(args.run_dir, args.target_frr, load_predictions)
+        summary["compare"] = _compare(args.run_dir, args.target_frr, read_predictions)
     print(json.dumps(summary, indent=2))
 
 

@@ -101,7 +101,7 @@ def inspect_paths(run: Any, inputs: Sequence[str | Path], csv_path: str | Path, 
         dict with images (found), skipped (already in the CSV), written, errors, anomalous,
         seconds, images_per_s (rows written per second) and peak_rss_mib (this process).
     """
-    from anomaly.pipeline import peak_rss_mib
+    from anomaly.pipeline import display_range, peak_rss_mib
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -109,7 +109,7 @@ def inspect_paths(run: Any, inputs: Sequence[str | Path], csv_path: str | Path, 
     paths = list_images(inputs)
     todo = [p for p in paths if str(p) not in done_paths(csv_path)]
     scorer = _scorer(run, runtime, threads)
-    colours = _display_range(run) if heatmap_dir is not None else {}
+    colours = display_range(run) if heatmap_dir is not None else {}
     counts = {"written": 0, "errors": 0, "anomalous": 0}
     start = time.perf_counter()
     csv_path.parent.mkdir(parents=True, exist_ok=True)
@@ -185,12 +185,3 @@ def _scorer(run: Any, runtime: str, threads: int | None = None) -> Any:
 
         return load_onnx_scorer(run, threads=threads)
     raise ValueError(f"unknown runtime {runtime!r}; choose torch or onnx")
-
-
-def _display_range(run: Any) -> dict[str, float]:
-    from anomaly.pipeline import display_range
-
-    try:
-        return display_range(run)
-    except (FileNotFoundError, KeyError):
-        return {}

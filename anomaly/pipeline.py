@@ -23,6 +23,7 @@ to measure. :func:`rethreshold_run` moves the operating point without refitting.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import resource
 import time
@@ -38,11 +39,12 @@ from tqdm.auto import tqdm
 from anomaly import calibration as C
 from anomaly import data as D
 from anomaly import metrics as M
-from anomaly.models import Detector, Prediction, create_detector
+from anomaly.config import RunConfig
+from anomaly.models import Detector, create_detector
 from anomaly.regions import find_regions
-from anomaly.runs import atomic_run_dir, check_run_dir, read_config, read_dict, read_metrics, read_threshold
-from anomaly.thresholds import (DEFAULT_ESTIMATOR, DEFAULT_PIXEL_FPR, DEFAULT_TARGET_FRR, check_decision,
-                               scores_at_threshold)
+from anomaly.runs import (atomic_run_dir, check_run_dir, read_config, read_dict, read_metrics, read_predictions,
+                          read_threshold)
+from anomaly.thresholds import DEFAULT_ESTIMATOR, DEFAULT_PIXEL_FPR, scores_at_threshold
 from anomaly.uncertainty import uncertainty_metrics
 from anomaly.utils import resolve_device, seed_everything, write_json
 
@@ -92,62 +94,46 @@ def predict_loader(detector: Detector, loader: DataLoader, desc: str = "predict"
 
 
 @atomic_run_dir
-def fit_run(data: str | Path, category: str, method: str, run_dir: str | Path,
-            params: dict[str, Any] | None = None, device: str = "auto", seed: int = 0,
-            val_fraction: float | None = None, batch_size: int = 8, target_frr: float = DEFAULT_TARGET_FRR,
-            estimator: str = DEFAULT_ESTIMATOR, pixel_fpr: float = DEFAULT_PIXEL_FPR, folds: int | None = None,
-            max_train: int | None = None) -> Path:
-    """Fit ``method`` on ``train/good`` of ``data/category``, calibrate the decision, write a run folder.
+def fit_run(config: RunConfig, run_dir: str | Path) -> Path:
+    """Fit ``config.method`` on ``train/good`` of ``config.data/config.category``, calibrate the decision,
+    write a run folder (``config.json`` records ``config``, the resolved defaults and the split sizes).
 
     The folder is written beside ``run_dir`` and swapped in, marked complete, only when the fit has
     succeeded; until then a previous run in ``run_dir`` stays untouched.
 
-    Args:
-        target_frr: false-reject rate the image threshold aims at, in (0, 1).
-        estimator: how the threshold is derived from the calibration scores (:data:`anomaly.thresholds.ESTIMATORS`).
-        pixel_fpr: per-pixel false-positive rate of the defect-region threshold, in (0, 1).
-        folds: cross-fitting folds (>= 2); ``None``: 5 for PaDiM/PatchCore, a validation split for the
-            autoencoder; 0: a validation split for any method.
-        val_fraction: share of ``train/good`` held out when a validation split is used (default 0.1;
-            cross-fitting uses every image, so 0 then).
-        max_train: keep only the first ``max_train`` training images (seeded shuffle) — for
-            data-efficiency studies; ``None`` uses all.
-
     Returns:
         The run folder.
     """
-    run_dir = Path(run_dir)
-    seed_everything(seed)
-    dev = resolve_device(device)
-    params = dict(params or {})
-    if _has_field(method, "seed"):
-        params.setdefault("seed", seed)
-    detector = create_detector(method, params, device=dev)  # validates params before any work
-    check_decision(target_frr, estimator, pixel_fpr)  # before any work
-    n_folds = C.resolve_folds(detector, folds)
-    val_fraction = (0.0 if n_folds else 0.1) if val_fraction is None else val_fraction
-    splits = D.load_splits(data, category, val_fraction=val_fraction, seed=seed)
+    run_dir, c = Path(run_dir), config
+    seed_everything(c.seed)
+    dev = resolve_device(c.device)
+    params = dict(c.params)
+    if _has_field(c.method, "seed"):
+        params.setdefault("seed", c.seed)
+    detector = create_detector(c.method, params, device=dev)  # validates params before any work
+    n_folds = C.resolve_folds(detector, c.folds)
+    val_fraction = (0.0 if n_folds else 0.1) if c.val_fraction is None else c.val_fraction
+    splits = D.load_splits(c.data, c.category, val_fraction=val_fraction, seed=c.seed)
     pool = splits.train + splits.validation if n_folds else splits.train  # cross-fit: every good image
-    train = _subsample(pool, max_train, seed)
-    if folds is None and n_folds:
+    train = _subsample(pool, c.max_train, c.seed)
+    if c.folds is None and n_folds:
         n_folds = min(n_folds, len(train))  # the default adapts to few-image fits (data-efficiency sweeps)
     if not n_folds:
         check_split_sizes(train, splits.validation, val_fraction)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", {
-        "data": str(Path(data).resolve()), "category": category, "method": method, "params": params,
-        "device": str(dev), "seed": seed, "val_fraction": val_fraction, "batch_size": batch_size,
-        "target_frr": target_frr, "estimator": estimator, "pixel_fpr": pixel_fpr, "folds": folds,
-        "max_train": max_train, "n_train": len(train), "n_validation": 0 if n_folds else len(splits.validation)})
+        **dataclasses.asdict(c), "data": str(Path(c.data).resolve()), "params": params, "device": str(dev),
+        "val_fraction": val_fraction, "n_train": len(train), "n_validation": 0 if n_folds else len(splits.validation)})
     size = detector.config.image_size
-    logger.info("fitting %s on %d %s images (%d px) on %s, calibration: %s", method, len(train), category, size,
+    logger.info("fitting %s on %d %s images (%d px) on %s, calibration: %s", c.method, len(train), c.category, size,
                 dev, f"{n_folds}-fold cross-fit" if n_folds else "validation split")
-    validation = None if n_folds else make_loader(splits.validation, size, batch_size)
+    validation = None if n_folds else make_loader(splits.validation, size, c.batch_size)
     calibration, fit_seconds = C.fit_and_calibrate(
-        detector, make_loader(train, size, batch_size, shuffle=not n_folds, seed=seed), n_folds, seed, validation)
+        detector, make_loader(train, size, c.batch_size, shuffle=not n_folds, seed=c.seed), n_folds, c.seed,
+        validation)
     detector.save(run_dir)
     write_json(run_dir / C.CALIBRATION_FILE, calibration)
-    C.write_decision(run_dir, calibration, target_frr=target_frr, estimator=estimator, pixel_fpr=pixel_fpr)
+    C.write_decision(run_dir, calibration, target_frr=c.target_frr, estimator=c.estimator, pixel_fpr=c.pixel_fpr)
     write_json(run_dir / "fit.json", {"fit_seconds": fit_seconds, "n_train": len(train),
                                       "history": list(getattr(detector, "history", [])),
                                       "peak_rss_mib": peak_rss_mib()})
@@ -196,18 +182,10 @@ def rethreshold_run(run_dir: str | Path, target_frr: float, estimator: str = DEF
     metrics = read_metrics(run_dir, marker)
     if metrics is None or not (run_dir / "predictions.npz").is_file():
         return {"threshold": decision, "metrics": None}
-    out = load_predictions(run_dir)
+    out = read_predictions(run_dir)
     metrics.update(evaluation_metrics(out, list(out["defect_types"]), decision))
     write_json(run_dir / "metrics.json", metrics)
     return {"threshold": decision, "metrics": metrics}
-
-
-def load_predictions(run_dir: str | Path) -> dict[str, np.ndarray]:
-    """``predictions.npz`` of an evaluated run, maps as float32."""
-    with np.load(Path(run_dir) / "predictions.npz") as npz:
-        out = {k: npz[k] for k in npz.files}
-    out["anomaly_maps"] = out["anomaly_maps"].astype(np.float32)
-    return out
 
 
 def evaluation_metrics(out: dict[str, np.ndarray], samples: Sequence[D.Sample | str],
@@ -279,11 +257,12 @@ def regions_of(run: Run, anomaly_map: np.ndarray) -> list[dict]:
     return [] if run.pixel_threshold is None else find_regions(anomaly_map, run.pixel_threshold)
 
 
-def display_range(run: Run) -> dict[str, float]:
-    """Heatmap colour range from good calibration maps: low = median map value, high = their maximum."""
-    q = C.map_summary(C.read_calibration(run.run_dir))
+def display_range(run: Run | str | Path) -> dict[str, float | None]:
+    """Heatmap colour range of a run (or run folder) from good calibration maps: low = median map value,
+    high = their maximum; both ``None`` (each map its own range) when the run recorded no map quantiles."""
+    q = C.map_summary(C.read_calibration(getattr(run, "run_dir", run)))
     if q is None:
-        raise KeyError("no calibration map quantiles")
+        return {"vmin": None, "vmax": None}
     return {"vmin": float(q["50"]), "vmax": float(max(q["100"], q["50"] + 1e-8))}
 
 

@@ -18,8 +18,10 @@ import torch
 
 from anomaly import data as D
 from anomaly import metrics as M
-from anomaly.calibration import map_summary, read_calibration
+from anomaly.calibration import read_calibration
 from anomaly.exploration import examples, load_samples
+from anomaly.runs import (RunFolderError, check_run_dir, read_dict, read_metrics, read_predictions,
+                          read_threshold)
 from anomaly.utils import read_json
 
 
@@ -33,7 +35,7 @@ class RunResults:
     metrics: dict[str, Any]
     threshold: float
     validation_scores: np.ndarray
-    display_range: tuple[float, float]  # heatmap colour range from validation good maps (median .. max)
+    display_range: tuple[float | None, float | None]  # colour range of good calibration maps (median .. max)
 
     @property
     def oracle_threshold(self) -> float:
@@ -60,18 +62,25 @@ class RunResults:
 
 
 def load_results(run_dir: str | Path) -> RunResults:
-    """Read ``predictions.npz``, ``metrics.json`` and ``threshold.json`` of an evaluated run."""
+    """Read an evaluated run through the same checked readers as :func:`anomaly.pipeline.load_run`.
+
+    Raises:
+        FileNotFoundError: no such folder.
+        anomaly.runs.RunFolderError: an incomplete folder, a run not evaluated (or evaluated with another
+            model), or a malformed file (named).
+    """
+    from anomaly.pipeline import display_range
+
     run_dir = Path(run_dir)
-    if not (run_dir / "predictions.npz").is_file():
-        raise FileNotFoundError(f"{run_dir}/predictions.npz not found: run evaluate_run (notebook 03) first")
-    with np.load(run_dir / "predictions.npz") as npz:
-        predictions = {k: npz[k] for k in npz.files}
-    predictions["anomaly_maps"] = predictions["anomaly_maps"].astype(np.float32)
-    thr, calibration = read_json(run_dir / "threshold.json"), read_calibration(run_dir)
-    q = map_summary(calibration)
-    metrics = read_json(run_dir / "metrics.json")
-    return RunResults(run_dir, metrics["method"], predictions, metrics, float(thr["threshold"]),
-                      np.asarray(calibration["scores"]), (float(q["50"]), float(max(q["100"], q["50"] + 1e-8))))
+    marker = check_run_dir(run_dir)
+    metrics = read_metrics(run_dir, marker)
+    if metrics is None:
+        raise RunFolderError(f"{run_dir} has no metrics.json of its own model: run `anomaly evaluate` "
+                             f"(or notebook 03) first")
+    method = read_dict(run_dir / "model.json", ("method",))["method"]
+    rng = display_range(run_dir)
+    return RunResults(run_dir, method, read_predictions(run_dir), metrics, read_threshold(run_dir),
+                      np.asarray(read_calibration(run_dir)["scores"]), (rng["vmin"], rng["vmax"]))
 
 
 def metrics_table(run_dirs: Sequence[str | Path]) -> pd.DataFrame:

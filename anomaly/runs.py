@@ -26,8 +26,11 @@ import math
 import os
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+import numpy as np
 
 from anomaly.utils import read_json, write_json
 
@@ -37,6 +40,8 @@ MARKER = "complete.json"
 MODEL_STATE = "model.pt"
 RUN_FILES = ("config.json", "model.json", "model.pt", "threshold.json", "fit.json")  # what a fit leaves
 CONFIG_KEYS = ("data", "category", "method", "seed", "val_fraction", "batch_size")  # what evaluate reads
+PREDICTIONS = "predictions.npz"
+PREDICTION_KEYS = ("image_scores", "labels", "anomaly_maps", "gt_masks", "defect_types", "image_paths")
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
@@ -192,6 +197,32 @@ def read_metrics(run_dir: Path, marker: dict[str, Any]) -> dict[str, Any] | None
         logger.warning("ignoring %s: it was computed from another model than %s", path, run_dir / MODEL_STATE)
         return None
     return metrics
+
+
+def read_predictions(run_dir: str | Path) -> dict[str, np.ndarray]:
+    """``predictions.npz`` of an evaluated run (:data:`PREDICTION_KEYS`, one row per test image), maps as float32.
+
+    Raises:
+        RunFolderError: the file is missing (the run was not evaluated), unreadable, lacks a key, or its
+            arrays disagree on the number of test images.
+    """
+    path = Path(run_dir) / PREDICTIONS
+    if not path.is_file():
+        raise RunFolderError(f"{path} not found: the run was not evaluated; run `anomaly evaluate` "
+                             f"(or notebook 03) first")
+    try:
+        with np.load(path) as npz:  # allow_pickle=False: object arrays are refused
+            out = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise RunFolderError(f"{path} is not a readable predictions file: {err}") from None
+    missing = [k for k in PREDICTION_KEYS if k not in out]
+    if missing:
+        raise RunFolderError(f"{path} lacks {', '.join(missing)}")
+    sizes = {k: len(out[k]) for k in PREDICTION_KEYS}
+    if len(set(sizes.values())) != 1:
+        raise RunFolderError(f"{path}: arrays disagree on the number of test images: {sizes}")
+    out["anomaly_maps"] = out["anomaly_maps"].astype(np.float32)  # stored as float16
+    return out
 
 
 def is_current(record: dict[str, Any], model_sha256: str) -> bool:

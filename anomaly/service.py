@@ -159,10 +159,7 @@ def _load_service(run_dir: Path, runtime: str, threads: int) -> _Service:
         from anomaly.export import load_onnx_scorer
 
         scorer = load_onnx_scorer(run, threads=threads)
-    try:
-        rng = display_range(run)
-    except (FileNotFoundError, KeyError):
-        rng = {"vmin": None, "vmax": None}  # no validation quantiles: per-image range
+    rng = display_range(run)  # both None without calibration map quantiles: per-image range
     info = {"method": run.config.get("method", run.detector.name), "category": run.config.get("category"),
             "image_size": run.image_size, "threshold": run.threshold, "runtime": runtime, "metrics": run.metrics,
             "decision": _decision(run_dir), "heatmap_range": rng}

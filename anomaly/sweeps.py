@@ -8,32 +8,31 @@ reused instead of refitted.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
 from anomaly import data as D
+from anomaly.config import RunConfig
 from anomaly.runs import is_evaluated
 from anomaly.utils import make_config, read_json
 
 
-def data_efficiency(data: str | Path, category: str, method: str, sizes: Sequence[int], out_dir: str | Path,
-                    params: dict[str, Any] | None = None, device: str = "auto", seed: int = 0,
-                    reuse: Sequence[str | Path] = (), seeds: int = 3) -> pd.DataFrame:
-    """Fit + evaluate ``method`` with ``max_train = n`` for each size (plus the full training set), ``seeds`` times.
+def data_efficiency(base: RunConfig, sizes: Sequence[int], out_dir: str | Path, reuse: Sequence[str | Path] = (),
+                    seeds: int = 3) -> pd.DataFrame:
+    """Fit + evaluate ``base`` with ``max_train = n`` for each size (plus the full training set), ``seeds`` times.
 
-    Seed ``seed + k`` draws the subset, the validation carve and the detector's randomness; the test
-    set is the same for every fit, so the spread over seeds is the spread due to *which* good parts
-    were seen (notebook 05 plots it as a band).
+    Seed ``base.seed + k`` draws the subset, the validation carve and the detector's randomness; the
+    test set is the same for every fit, so the spread over seeds is the spread due to *which* good
+    parts were seen (notebook 05 plots it as a band).
 
     Args:
-        reuse: evaluated run folders; one fitted on the full training set with the same data, method,
-            parameters and seed supplies that point instead of an identical refit.
+        reuse: evaluated run folders; one fitted on the full training set with the same settings as
+            ``base`` (seed aside) supplies that point instead of an identical refit.
 
     Returns:
         One row per (seed, size): method, seed, n_train, image_auroc, pixel_auroc, aupro, aupro_fpr05,
@@ -41,16 +40,16 @@ def data_efficiency(data: str | Path, category: str, method: str, sizes: Sequenc
     """
     from anomaly.pipeline import evaluate_run, fit_run
 
-    rows = []
-    for s in range(seed, seed + max(seeds, 1)):
-        n_all = len(D.load_splits(data, category, val_fraction=_pool_fraction(method), seed=s).train)
-        full = next((Path(r) for r in reuse if _same_run(r, data, category, method, params, s)), None)
+    rows, method = [], base.method
+    for s in range(base.seed, base.seed + max(seeds, 1)):
+        full_config = base.replace(seed=s, max_train=None)
+        n_all = len(D.load_splits(base.data, base.category, val_fraction=_pool_fraction(method), seed=s).train)
+        full = next((Path(r) for r in reuse if _same_run(r, full_config)), None)
         for n in tqdm(sorted({n for n in sizes if 0 < n < n_all} | {n_all}), desc=f"data efficiency, seed {s}"):
             run_dir = full if n == n_all and full is not None else None
             if run_dir is None:
-                run_dir = fit_run(data, category, method, Path(out_dir) / f"{method}_s{s}_n{n:04d}", params=params,
-                                  device=device, seed=s, max_train=n)
-                evaluate_run(run_dir, device=device)
+                run_dir = fit_run(base.replace(seed=s, max_train=n), Path(out_dir) / f"{method}_s{s}_n{n:04d}")
+                evaluate_run(run_dir, device=base.device)
             m = read_json(Path(run_dir) / "metrics.json")
             rows.append({"method": method, "seed": s, "n_train": n, "run_dir": str(run_dir), **{
                 k: m.get(k, np.nan) for k in ("image_auroc", "pixel_auroc", "aupro", "aupro_fpr05", "fit_seconds")}})
@@ -64,34 +63,22 @@ def _pool_fraction(method: str) -> float:
     return 0.0 if hasattr(get_detector_class(method), "fit_crossfit") else 0.1
 
 
-def _same_run(run_dir: str | Path, data: str | Path, category: str, method: str, params: dict[str, Any] | None,
-              seed: int) -> bool:
-    """Whether ``run_dir`` is an evaluated full-training-set run of exactly this fit (fit_run's defaults)."""
+def _same_run(run_dir: str | Path, config: RunConfig) -> bool:
+    """Whether ``run_dir`` is an evaluated run of exactly ``config`` (device and resolved defaults aside)."""
     from anomaly.models import get_detector_class
-    from anomaly.pipeline import fit_run
 
     run_dir = Path(run_dir)
     if not is_evaluated(run_dir):
         return False
-    config = read_json(run_dir / "config.json")
-    defaults = {k: p.default for k, p in inspect.signature(fit_run).parameters.items()
-                if k in ("batch_size", "target_frr", "estimator", "pixel_fpr", "folds")}
-    wanted = {"data": str(Path(data).resolve()), "category": category, "method": method, "seed": seed,
-              "max_train": None, **defaults}
-    if any(config.get(k) != v for k, v in wanted.items()):
+    recorded = read_json(run_dir / "config.json")
+    wanted = {**dataclasses.asdict(config), "data": str(Path(config.data).resolve())}
+    for key in ("params", "device", "val_fraction"):  # params: compared below, as typed; the others resolved
+        wanted.pop(key)
+    if any(recorded.get(k) != v for k, v in wanted.items()):
         return False
-    config_class = get_detector_class(method).config_class
-    detector_params = dict(params or {})
+    config_class = get_detector_class(config.method).config_class
+    detector_params = dict(config.params)
     if "seed" in {f.name for f in dataclasses.fields(config_class)}:
-        detector_params.setdefault("seed", seed)
+        detector_params.setdefault("seed", config.seed)
     expected = json.loads(json.dumps(dataclasses.asdict(make_config(config_class, detector_params))))
     return read_json(run_dir / "model.json")["config"] == expected
-
-
-def model_params(method: str, image_size: int | None = None, epochs: int | None = None) -> dict[str, Any]:
-    """Detector parameters from notebook parameters: None = the method's default (the one sentinel, as an absent
-    CLI flag); ``epochs`` is autoencoder-only and ignored for the other methods."""
-    params: dict[str, Any] = {"image_size": image_size} if image_size is not None else {}
-    if epochs is not None and method == "autoencoder":
-        params["epochs"] = epochs
-    return params

@@ -48,8 +48,10 @@ def patchcore_run(synthetic_root, tmp_path_factory) -> Path:
     """A tiny PatchCore run folder on ``screw_like`` (64 px), fitted once per session."""
     import torch
 
+    from anomaly.config import RunConfig
+
     from anomaly.pipeline import fit_run
 
     torch.set_num_threads(2)
-    return fit_run(synthetic_root, "screw_like", "patchcore", tmp_path_factory.mktemp("patchcore_run") / "run",
-                   params={"image_size": 64}, device="cpu", batch_size=4)
+    return fit_run(RunConfig(synthetic_root, "screw_like", "patchcore", params={"image_size": 64}, device="cpu", batch_size=4),
+                   tmp_path_factory.mktemp("patchcore_run") / "run")

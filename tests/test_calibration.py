@@ -89,10 +89,11 @@ CATEGORY = "screw_like"
 
 @pytest.fixture(scope="module")
 def padim_run(synthetic_root, tmp_path_factory):
+    from anomaly.config import RunConfig
     from anomaly.pipeline import evaluate_run, fit_run
 
-    run_dir = fit_run(synthetic_root, CATEGORY, "padim", tmp_path_factory.mktemp("cal") / "padim",
-                      params={"image_size": 64, "n_features": 10}, device="cpu", batch_size=4, folds=3)
+    run_dir = fit_run(RunConfig(synthetic_root, CATEGORY, "padim", params={"image_size": 64, "n_features": 10}, device="cpu", batch_size=4, folds=3),
+                      tmp_path_factory.mktemp("cal") / "padim")
     evaluate_run(run_dir, device="cpu")
     return run_dir
 
@@ -147,10 +148,11 @@ def test_bad_targets_are_refused_with_a_message(padim_run, bad, capsys, tmp_path
 
 
 def test_fit_refuses_a_bad_target_in_python(synthetic_root, tmp_path):
+    from anomaly.config import RunConfig
     from anomaly.pipeline import fit_run
 
     with pytest.raises(ValueError, match="strictly between 0 and 1"):
-        fit_run(synthetic_root, CATEGORY, "padim", tmp_path / "r", params={"image_size": 64}, target_frr=1.0)
+        fit_run(RunConfig(synthetic_root, CATEGORY, "padim", params={"image_size": 64}, target_frr=1.0), tmp_path / "r")
     assert not (tmp_path / "r").exists()
 
 

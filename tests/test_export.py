@@ -16,6 +16,7 @@ from anomaly.cli import main
 from anomaly.export import ONNX_FILE, PARITY_FILE, OnnxScorer, export_graph, export_run
 from anomaly.loadtest import latency_markdown, measure_latency
 from anomaly.models import create_detector
+from anomaly.config import RunConfig
 from anomaly.pipeline import fit_run, load_run
 from anomaly.service import create_app
 
@@ -29,8 +30,8 @@ def _loaded(run_dir: Path):
 
 def _fit(synthetic_root: Path, tmp_path_factory, method: str) -> Path:
     torch.set_num_threads(2)
-    return fit_run(synthetic_root, CATEGORY, method, tmp_path_factory.mktemp(method),
-                   params={"image_size": 64}, device="cpu", batch_size=4)
+    return fit_run(RunConfig(synthetic_root, CATEGORY, method, params={"image_size": 64}, device="cpu", batch_size=4),
+                   tmp_path_factory.mktemp(method))
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from anomaly.models import BASELINES, METHODS, Detector, create_detector
+from anomaly.config import RunConfig
 from anomaly.pipeline import evaluate_run, fit_run
 
 
@@ -41,7 +42,8 @@ def test_registered_as_a_baseline_and_bad_params_are_refused():
 
 
 def test_fit_and_evaluate_like_any_method(synthetic_root, tmp_path):
-    run = fit_run(synthetic_root, "screw_like", "intensity", tmp_path / "run", params={"image_size": 64}, device="cpu")
+    run = fit_run(RunConfig(synthetic_root, "screw_like", "intensity", params={"image_size": 64}, device="cpu"),
+                  tmp_path / "run")
     metrics = evaluate_run(run, device="cpu")
     for key in ("image_auroc", "pixel_auroc", "aupro", "aupro_fpr05", "image_auroc_ci", "f1_flag_all"):
         assert key in metrics

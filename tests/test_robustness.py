@@ -29,6 +29,7 @@ from PIL import Image
 from anomaly import data as D
 from anomaly.cli import main
 from anomaly.data import ImageDecodeError, decode_image
+from anomaly.config import RunConfig
 from anomaly.pipeline import evaluate_run, fit_run, load_run
 from anomaly.runs import MARKER, RunFolderError, check_run_dir, is_evaluated, staged_run_dir
 from anomaly.service import create_app
@@ -88,8 +89,8 @@ def tree_digest(folder: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def pc_run(synthetic_root, tmp_path_factory) -> Path:
     torch.set_num_threads(2)
-    return fit_run(synthetic_root, CATEGORY, "patchcore", tmp_path_factory.mktemp("rob") / "pc",
-                   params={"image_size": 64}, device="cpu", batch_size=4)
+    return fit_run(RunConfig(synthetic_root, CATEGORY, "patchcore", params={"image_size": 64}, device="cpu", batch_size=4),
+                   tmp_path_factory.mktemp("rob") / "pc")
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +101,7 @@ def client(pc_run) -> TestClient:
 
 def ae_fit(data: Path, run_dir: Path, **params) -> Path:
     params = {"image_size": 32, "epochs": 1, "base_channels": 4, "latent_dim": 8, **params}
-    return fit_run(data, CATEGORY, "autoencoder", run_dir, params=params, device="cpu")
+    return fit_run(RunConfig(data, CATEGORY, "autoencoder", params=params, device="cpu"), run_dir)
 
 
 # -- 1. memory: huge and tall images ---------------------------------------------------------------

@@ -19,6 +19,7 @@ from PIL import Image
 from anomaly.cli import build_parser, main
 from anomaly.data import read_image
 from anomaly.loadtest import check_loopback, run_loadtest, time_calls
+from anomaly.config import RunConfig
 from anomaly.pipeline import fit_run, load_run
 from anomaly.service import DEFAULT_MAX_UPLOAD_BYTES, RUNTIMES, ImageDecodeError, create_app, decode_image
 
@@ -31,8 +32,8 @@ LOCAL = "http://127.0.0.1"  # TestClient base URL: the service answers loopback 
 def run_dir(synthetic_root, tmp_path_factory) -> Path:
     """A tiny PatchCore run (64 px, 10 training images) fitted on the synthetic data."""
     torch.set_num_threads(2)
-    return fit_run(synthetic_root, CATEGORY, "patchcore", tmp_path_factory.mktemp("pc_run"),
-                   params={"image_size": 64}, device="cpu", batch_size=4)
+    return fit_run(RunConfig(synthetic_root, CATEGORY, "patchcore", params={"image_size": 64}, device="cpu", batch_size=4),
+                   tmp_path_factory.mktemp("pc_run"))
 
 
 @pytest.fixture(scope="module")
