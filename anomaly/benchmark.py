@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from anomaly.config import RunConfig
 from anomaly.evidence import evidence_markdown
 from anomaly.models import METHODS
 from anomaly.runs import is_evaluated
@@ -67,15 +68,15 @@ def run_benchmark(data: str | Path, categories: Sequence[str], methods: Sequence
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
     per_method = split_params(params, methods)
+    configs = [RunConfig(str(data), category, method, per_method[method], device=device, seed=seed)
+               for category in categories for method in methods]  # every setting checked before any fit
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for category in categories:
-        for method in methods:
-            job = (str(data), category, method, str(out / category / method), per_method[method], device, seed)
-            rows.append(_run_one(job, isolate, resume))
-            write_json(out / "benchmark.json", {"device": device, "seed": seed, "params": per_method,
-                                                 "cpu_count": os.cpu_count(), "rows": rows})
+    for config in configs:
+        rows.append(_run_one(config, out / config.category / config.method, isolate, resume))
+        write_json(out / "benchmark.json", {"device": device, "seed": seed, "params": per_method,
+                                             "cpu_count": os.cpu_count(), "rows": rows})
     table = markdown_table(rows)
     sections, margins = [table], {}
     for category in categories:  # margins over the best baseline, with paired-bootstrap intervals
@@ -86,36 +87,34 @@ def run_benchmark(data: str | Path, categories: Sequence[str], methods: Sequence
     return "\n\n".join(sections)
 
 
-def _run_one(job: tuple, isolate: bool, resume: bool) -> dict[str, Any]:
-    """Fit + evaluate one ``(data, category, method, run_dir, params, device, seed)`` job; return its row."""
-    category, method, run_dir = job[1], job[2], Path(job[3])
+def _run_one(config: RunConfig, run_dir: Path, isolate: bool, resume: bool) -> dict[str, Any]:
+    """Fit + evaluate one pair into ``run_dir``; return its row."""
+    category, method = config.category, config.method
     load_before = os.getloadavg()[0]
     logger.info("benchmark: %s / %s -> %s (load %.1f)", category, method, run_dir, load_before)
     if resume and is_evaluated(run_dir):
         logger.info("benchmark: reusing %s (--resume)", run_dir)
     elif isolate:
-        process = multiprocessing.get_context("spawn").Process(target=_fit_and_evaluate, args=job)
+        process = multiprocessing.get_context("spawn").Process(target=_fit_and_evaluate, args=(config, str(run_dir)))
         process.start()
         process.join()
         if process.exitcode != 0:
             raise RuntimeError(f"benchmark run {category}/{method} failed (exit code {process.exitcode}); "
                                f"see the log above and {run_dir}")
     else:
-        _fit_and_evaluate(*job)
+        _fit_and_evaluate(config, str(run_dir))
     metrics = read_json(run_dir / "metrics.json")
     row = {key: metrics.get(key) for key in COLUMNS}
     row.update(category=category, method=method, load_before=load_before, load_after=os.getloadavg()[0])
     return row
 
 
-def _fit_and_evaluate(data: str, category: str, method: str, run_dir: str, params: dict[str, Any], device: str,
-                      seed: int) -> None:
-    from anomaly.config import RunConfig
+def _fit_and_evaluate(config: RunConfig, run_dir: str) -> None:
     from anomaly.pipeline import evaluate_run, fit_run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    fit_run(RunConfig(data, category, method, params=params, device=device, seed=seed), run_dir)
-    evaluate_run(run_dir, device=device)
+    fit_run(config, run_dir)
+    evaluate_run(run_dir, device=config.device)
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:

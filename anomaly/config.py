@@ -56,7 +56,7 @@ class RunConfig:
     max_train: int | None = None
 
     def __post_init__(self) -> None:
-        from anomaly.models import METHODS
+        from anomaly.models import METHODS, get_detector_class
 
         object.__setattr__(self, "data", str(self.data))  # a Path is welcome
         object.__setattr__(self, "params", {} if self.params is None else self.params)  # None: every default
@@ -64,6 +64,7 @@ class RunConfig:
             raise ValueError(f"RunConfig method={_show(self.method)}: expected one of {', '.join(METHODS)}")
         if not isinstance(self.params, dict):
             raise ValueError(f"RunConfig params={_show(self.params)}: expected a JSON object of detector parameters")
+        make_config(get_detector_class(self.method).config_class, self.params)  # typed before any work
         checks = {"val_fraction": (self.val_fraction is None or 0 <= self.val_fraction < 1, "a number in [0, 1)"),
                   "batch_size": (self.batch_size >= 1, "an integer >= 1"),
                   "folds": (self.folds is None or self.folds == 0 or self.folds >= 2, "0 or an integer >= 2"),

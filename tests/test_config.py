@@ -62,3 +62,15 @@ def test_every_detector_key_with_a_wrong_type_exits_2_without_traceback(method, 
     err = capsys.readouterr().err
     assert exc.value.code == 2 and name in err and "expected" in err and "Traceback" not in err, err
     assert not (tmp_path / "r").exists()
+
+
+def test_detector_params_are_typed_in_the_run_config_and_the_benchmark_checks_before_any_fit(tmp_path, capsys):
+    with pytest.raises(ValueError, match="strides=8"):
+        RunConfig("d", "c", "patchcore", {"strides": 8})
+    argv = ["benchmark", "--data", str(tmp_path), "--categories", "a,b", "--methods", "intensity,padim",
+            "--out", str(tmp_path / "out"), "--set", "padim.n_features=abc"]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "n_features" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
