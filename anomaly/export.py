@@ -7,7 +7,12 @@ inference module, ``detector.model`` (:class:`~anomaly.models.patchcore.PatchCor
 the scoring exists once; this module only exports it, runs it with onnxruntime and checks parity.
 Exported with the TorchScript-based exporter (``dynamo=False``, opset 17; the dynamo
 exporter fixed the batch axis to the example's size) and checked against PyTorch: the largest
-score and map differences go to ``RUN_DIR/onnx_parity.json``. PatchCore's graph computes the
+score and map differences go to ``RUN_DIR/onnx_parity.json``.
+:func:`select_scorer` picks the runtime of ``evaluate``, ``predict`` and ``serve``: with ``"auto"``
+(their default) the exported graph in onnxruntime when its parity record is within
+:data:`PARITY_RTOL`, else the PyTorch detector, with the reason logged. The graph is exported once
+and cached in the run folder (``model.onnx`` + ``onnx_parity.json``, tied to ``model.pt`` by its
+SHA-256; files the completeness marker does not list never make a run folder incomplete). PatchCore's graph computes the
 whole (B * patches, bank) distance matrix in one block: ~100 MB at batch 8, 256 px, a 1 % bank.
 """
 
@@ -35,6 +40,8 @@ OPSET = 17
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("image_scores", "anomaly_maps")
 EXPORTABLE = ("patchcore", "padim")
+RUNTIMES = ("auto", "torch", "onnx")
+PARITY_RTOL = 1e-3  # largest score-relative difference of scores and maps accepted by "auto"
 
 
 def set_torch_threads(threads: int | None = None) -> int:
@@ -184,3 +191,55 @@ def load_onnx_scorer(run: Any, threads: int | None = None) -> OnnxScorer:
         logger.info("no %s exported from this run's model.pt: exporting it now", path)
         export_run(run)
     return OnnxScorer(path, run.image_size, threads=threads)
+
+
+def parity_failure(record: dict[str, Any], rtol: float = PARITY_RTOL) -> str | None:
+    """Why a parity record fails the ``auto`` check (relative score / map difference above ``rtol``), or None."""
+    for key in ("max_rel_diff_scores", "max_rel_diff_maps"):
+        value = record.get(key)
+        if not isinstance(value, (int, float)) or not np.isfinite(value) or value > rtol:
+            return f"ONNX parity check failed: {key} = {value!r} (limit {rtol:g})"
+    return None
+
+
+def select_scorer(run: Any, runtime: str = "auto", threads: int | None = None) -> tuple[Any, str]:
+    """The scorer of a loaded run and the runtime it uses (``"torch"`` or ``"onnx"``).
+
+    ``"auto"`` takes onnxruntime (measured faster than eager PyTorch on CPU, see the README) when the
+    run's method exports, the run is on the CPU, the export succeeds and its parity record is within
+    :data:`PARITY_RTOL`; otherwise the detector itself, logging why. ``"torch"`` / ``"onnx"`` are
+    taken as asked (an ``"onnx"`` export failure is an error, not a fallback).
+
+    Args:
+        threads: onnxruntime intra-op threads (default: every core); torch's are the caller's to set.
+    """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    if runtime == "onnx":
+        return load_onnx_scorer(run, threads=threads), "onnx"
+    reason = "--runtime torch" if runtime == "torch" else _no_onnx_reason(run)
+    if reason is None:
+        try:
+            scorer = load_onnx_scorer(run, threads=threads)
+            reason = parity_failure(_read_parity(run))
+        except Exception as err:  # noqa: BLE001 -- any export failure (missing onnx, unsupported op, full disk) falls back
+            reason, scorer = f"ONNX export failed: {type(err).__name__}: {err}", None
+        if reason is None:
+            logger.info("runtime: onnxruntime (%s, parity within %g)", scorer.path, PARITY_RTOL)
+            return scorer, "onnx"
+    (logger.info if runtime == "torch" else logger.warning)("runtime: PyTorch (%s)", reason)
+    return run.detector, "torch"
+
+
+def _no_onnx_reason(run: Any) -> str | None:
+    if run.detector.name not in EXPORTABLE:
+        return f"{run.detector.name} has no ONNX export"
+    if str(run.detector.device) != "cpu":
+        return f"the run is on {run.detector.device}; onnxruntime runs here on the CPU only"
+    return None
+
+
+def _read_parity(run: Any) -> dict[str, Any]:
+    from anomaly.runs import read_dict
+
+    return read_dict(run.run_dir / PARITY_FILE)

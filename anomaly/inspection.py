@@ -83,7 +83,7 @@ def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
 
 
 def inspect_paths(run: Any, inputs: Sequence[str | Path], csv_path: str | Path, heatmap_dir: str | Path | None = None,
-                  batch_size: int = 16, runtime: str = "torch", threads: int | None = None,
+                  batch_size: int = 16, runtime: str = "auto", threads: int | None = None,
                   progress: bool = True) -> dict[str, Any]:
     """Score every image in ``inputs`` with ``run`` (a loaded :class:`anomaly.pipeline.Run`), one CSV row each.
 
@@ -94,7 +94,7 @@ def inspect_paths(run: Any, inputs: Sequence[str | Path], csv_path: str | Path, 
         csv_path: written as it goes (appended to when it exists: its paths are skipped).
         heatmap_dir: when given, one heatmap PNG per image, named by :func:`heatmap_name`.
         batch_size: images decoded and scored together.
-        runtime: ``"torch"`` (the detector) or ``"onnx"`` (the run's exported graph in onnxruntime).
+        runtime: ``"auto"`` (onnxruntime when it passes the parity check), ``"torch"`` or ``"onnx"``.
         threads: intra-op threads of the runtime (default: every core).
 
     Returns:
@@ -108,7 +108,7 @@ def inspect_paths(run: Any, inputs: Sequence[str | Path], csv_path: str | Path, 
     csv_path = Path(csv_path)
     paths = list_images(inputs)
     todo = [p for p in paths if str(p) not in done_paths(csv_path)]
-    scorer = _scorer(run, runtime, threads)
+    scorer = runtime_scorer(run, runtime, threads)
     colours = _display_range(run) if heatmap_dir is not None else {}
     counts = {"written": 0, "errors": 0, "anomalous": 0}
     start = time.perf_counter()
@@ -173,18 +173,14 @@ def _score_batch(run: Any, scorer: Any, rows: list[dict[str, Any]], images: list
     return rows
 
 
-def _scorer(run: Any, runtime: str, threads: int | None = None) -> Any:
-    if runtime == "torch":
-        if threads is not None:
-            from anomaly.export import set_torch_threads
+def runtime_scorer(run: Any, runtime: str = "auto", threads: int | None = None) -> Any:
+    """The scorer of ``run`` for ``runtime`` (:func:`anomaly.export.select_scorer`); sets torch's threads for torch."""
+    from anomaly.export import select_scorer, set_torch_threads
 
-            set_torch_threads(threads)
-        return run.detector
-    if runtime == "onnx":
-        from anomaly.export import load_onnx_scorer
-
-        return load_onnx_scorer(run, threads=threads)
-    raise ValueError(f"unknown runtime {runtime!r}; choose torch or onnx")
+    scorer, used = select_scorer(run, runtime, threads=threads)
+    if used == "torch" and threads is not None:
+        set_torch_threads(threads)
+    return scorer
 
 
 def _display_range(run: Any) -> dict[str, float]:

@@ -8,8 +8,8 @@ OpenAPI docs at ``GET /docs`` (:mod:`anomaly.web`); with an ``api_key``, every e
 Uploads are decoded from bytes (never from a filesystem path) by the data layer's defensive
 decoder (:func:`anomaly.data.decode_image`: pixel and aspect caps, cheap PIL reduction of huge
 images, a bound on concurrent heavy decodes), resized to the model's input size as the evaluation
-pipeline does, and scored with PyTorch or with the exported ONNX graph run by
-onnxruntime (``runtime="onnx"``). Scoring endpoints are plain ``def`` functions, so FastAPI runs
+pipeline does, and scored with the exported ONNX graph run by onnxruntime when it passes the
+parity check (``runtime="auto"``, the default), else with PyTorch. Scoring endpoints are plain ``def`` functions, so FastAPI runs
 them in its thread pool; the app keeps no mutable per-request state, so concurrent requests get
 independent results. Bad input gets a 4xx JSON answer with a clear ``detail``:
 oversize body 413, too many pixels or too long an image 413, undecodable image 415, empty or corrupt
@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 2**20
 MAX_BATCH_FILES = 32
-RUNTIMES = ("torch", "onnx")
+RUNTIMES = ("auto", "torch", "onnx")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
 _WILDCARD_BINDS = ("0.0.0.0", "::", "")
 
@@ -81,14 +81,15 @@ class _Service:
     pixel_threshold: float | None = None  # defect regions (None: the run has none)
 
 
-def create_app(run_dir: str | Path, runtime: str = "torch", max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+def create_app(run_dir: str | Path, runtime: str = "auto", max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
                threads: int = 1, allowed_hosts: Sequence[str] = LOOPBACK_HOSTS, api_key: str | None = None) -> FastAPI:
     """Build the scoring app for the run in ``run_dir``.
 
     Args:
         run_dir: a run folder written by :func:`anomaly.pipeline.fit_run`.
-        runtime: ``"torch"`` (the detector itself) or ``"onnx"`` (``model.onnx`` in the run folder,
-            exported on the fly when missing).
+        runtime: ``"auto"`` (onnxruntime when the exported graph passes the parity check, else the
+            detector, :func:`anomaly.export.select_scorer`), ``"torch"`` (the detector itself) or
+            ``"onnx"`` (``model.onnx`` in the run folder, exported on the fly when missing).
         max_upload_bytes: largest request body accepted; larger ones get 413.
         threads: onnxruntime intra-op threads per request. The default 1 lets concurrent requests
             (each on its own thread-pool thread) use the cores without oversubscribing them.
@@ -154,11 +155,9 @@ def _load_service(run_dir: Path, runtime: str, threads: int) -> _Service:
     from anomaly.pipeline import display_range, load_run
 
     run = load_run(run_dir, device="cpu")
-    scorer: Scorer = run.detector
-    if runtime == "onnx":
-        from anomaly.export import load_onnx_scorer
+    from anomaly.export import select_scorer
 
-        scorer = load_onnx_scorer(run, threads=threads)
+    scorer, runtime = select_scorer(run, runtime, threads=threads)  # "auto" resolved to what runs
     try:
         rng = display_range(run)
     except (FileNotFoundError, KeyError):
