@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from anomaly.models import Detector, Prediction
-from anomaly.models.postprocess import resize_images, upsample_maps
+from anomaly.geometry import letterbox_batch, maps_to_input
 
 logger = logging.getLogger(__name__)
 
@@ -115,14 +115,14 @@ class OnnxScorer:
         self.path = Path(path)
 
     def predict(self, images: torch.Tensor) -> Prediction:
-        """(B, 3, H, W) in [0, 1] -> scores (B,), maps (B, H, W); resized to S and back like the detector."""
+        """(B, 3, H, W) in [0, 1] -> scores (B,), maps (B, H, W); letterboxed to S and back like the detector."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
         with torch.inference_mode():
-            x = resize_images(images.float().cpu(), self.image_size).contiguous()  # (B, 3, S, S)
+            x = letterbox_batch(images.float().cpu(), self.image_size).contiguous()  # (B, 3, S, S), aspect kept
         scores, maps = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: x.numpy()})
         if tuple(images.shape[-2:]) != (self.image_size, self.image_size):
-            maps = upsample_maps(torch.from_numpy(maps), tuple(images.shape[-2:])).numpy()  # (B, H, W)
+            maps = maps_to_input(torch.from_numpy(maps), tuple(images.shape[-2:]), self.image_size).numpy()  # (B, H, W)
         return Prediction(scores.astype(np.float32), maps.astype(np.float32))
 
 

@@ -23,7 +23,8 @@ from typing import Any, Iterable, Iterator, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from anomaly.data import IMAGE_EXTENSIONS, DataError, decode_image
+from anomaly.data import IMAGE_EXTENSIONS, DataError, decode_image, image_hw
+from anomaly.geometry import Letterbox
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +146,8 @@ def _decode_batch(paths: list[Path], image_size: int) -> tuple[list[dict[str, An
     for path in paths:
         row = {"path": str(path), "score": "", "is_anomalous": "", "regions": "", "error": ""}
         try:
-            images.append(decode_image(path, image_size))  # (3, S, S)
+            row["_hw"] = image_hw(path)  # not a CSV column: where the image sits on the canvas
+            images.append(decode_image(path, image_size))  # (3, S, S), letterboxed
         except (DataError, OSError) as err:
             row["error"] = str(err)
             logger.warning("%s", err)
@@ -165,11 +167,13 @@ def _score_batch(run: Any, scorer: Any, rows: list[dict[str, Any]], images: list
     for i, row in enumerate(r for r in rows if not r["error"]):
         score = float(out.image_scores[i])
         row.update(score=score, is_anomalous=bool(score >= run.threshold))
-        row["regions"] = "" if run.pixel_threshold is None else len(regions_of(run, out.anomaly_maps[i]))
+        box = Letterbox(*row["_hw"], run.image_size)
+        amap = box.crop(out.anomaly_maps[i])  # (h, w): the image's area, never the pad
+        row["regions"] = "" if run.pixel_threshold is None else len(regions_of(run, amap))
         if heatmap_dir is not None:
             from anomaly.viz import save_heatmap_png
 
-            save_heatmap_png(batch[i], out.anomaly_maps[i], Path(heatmap_dir) / heatmap_name(row["path"]), **colours)
+            save_heatmap_png(box.crop(batch[i]), amap, Path(heatmap_dir) / heatmap_name(row["path"]), **colours)
     return rows
 
 

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from anomaly import calibration as C
 from anomaly import data as D
 from anomaly import metrics as M
+from anomaly.geometry import Letterbox
 from anomaly.models import Detector, Prediction, create_detector
 from anomaly.regions import find_regions
 from anomaly.runs import atomic_run_dir, check_run_dir, read_config, read_dict, read_metrics, read_threshold
@@ -82,13 +83,23 @@ def predict_loader(detector: Detector, loader: DataLoader, desc: str = "predict"
         out = detector.predict(batch["image"])
         seconds += time.perf_counter() - start
         scores.append(out.image_scores)
-        maps.append(out.anomaly_maps.astype(np.float32))  # float16 only when written (evaluate_run)
+        maps.append(zero_pad(out.anomaly_maps.astype(np.float32), batch.get("hw")))  # float16 only when written
         masks.append(batch["mask"].numpy().astype(np.uint8))
         labels.append(np.asarray(batch["label"]))
     n = sum(len(s) for s in scores)
     return {"image_scores": np.concatenate(scores).astype(np.float64), "anomaly_maps": np.concatenate(maps),
             "gt_masks": np.concatenate(masks), "labels": np.concatenate(labels).astype(np.int64),
             "ms_per_image": 1000.0 * seconds / max(n, 1)}
+
+
+def zero_pad(maps: np.ndarray, hws: torch.Tensor | None) -> np.ndarray:
+    """(B, S, S) canvas maps with the letterbox pad of non-square inputs (``hws`` (B, 2)) set to 0."""
+    if hws is None:
+        return maps
+    for i, (h, w) in enumerate(hws.tolist()):
+        if h != w:
+            maps[i] = Letterbox(h, w, maps.shape[-1]).zero_pad(maps[i])
+    return maps
 
 
 @atomic_run_dir
