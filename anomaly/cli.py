@@ -298,6 +298,9 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", required=True)
     p.add_argument("--format", default="onnx", choices=("onnx",))
     p.add_argument("--out", help="output file (default RUN_DIR/model.onnx)")
+    p.add_argument("--int8", choices=("dynamic", "static"),
+                   help="also write RUN_DIR/model.int8-MODE.onnx (backbone convolutions in int8; static: calibrated "
+                        "on good training images) and compare it with the float graph on the test split")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("latency", help="per-image latency, PyTorch vs onnxruntime, batch 1 and 8")
@@ -353,6 +356,11 @@ def cmd_loadtest(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from anomaly.export import export_run
 
+    if args.int8:
+        from anomaly.quantize import compare_int8
+
+        print(json.dumps(compare_int8(args.run_dir, mode=args.int8), indent=2))
+        return
     print(json.dumps(export_run(args.run_dir, out=args.out), indent=2))
 
 

@@ -84,3 +84,18 @@ def test_evaluate_records_the_timed_runtime(run, runtime):
     assert metrics["predict_runtime"] == ("onnx" if runtime == "auto" else "torch")
     assert metrics["predict_ms_per_image"] > 0
     assert load_run(run.run_dir).metrics["predict_runtime"] == metrics["predict_runtime"]
+
+
+INT8_RTOL = 0.25  # stated bound: int8 backbone scores within 25 % of the float graph's largest score
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_int8_graph_stays_close_to_the_float_one(run, mode):
+    from anomaly.quantize import quantize_run
+
+    path = quantize_run(run, mode, n_calibration=4)
+    int8 = E.OnnxScorer(path, run.image_size).predict(E.parity_images(run))
+    ref = E.load_onnx_scorer(run).predict(E.parity_images(run))
+    scale = float(abs(ref.image_scores).max())
+    assert float(abs(int8.image_scores - ref.image_scores).max()) / scale < INT8_RTOL
+    check_run_dir(run.run_dir)
