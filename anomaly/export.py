@@ -218,6 +218,7 @@ def select_scorer(run: Any, runtime: str = "auto", threads: int | None = None) -
     if runtime == "onnx":
         return load_onnx_scorer(run, threads=threads), "onnx"
     reason = "--runtime torch" if runtime == "torch" else _no_onnx_reason(run)
+    failed = False  # an expected PyTorch run is logged at INFO, a failed export or parity check at WARNING
     if reason is None:
         try:
             scorer = load_onnx_scorer(run, threads=threads)
@@ -227,7 +228,8 @@ def select_scorer(run: Any, runtime: str = "auto", threads: int | None = None) -
         if reason is None:
             logger.info("runtime: onnxruntime (%s, parity within %g)", scorer.path, PARITY_RTOL)
             return scorer, "onnx"
-    (logger.info if runtime == "torch" else logger.warning)("runtime: PyTorch (%s)", reason)
+        failed = True
+    (logger.warning if failed else logger.info)("runtime: PyTorch (%s)", reason)
     return run.detector, "torch"
 
 
