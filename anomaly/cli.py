@@ -226,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heatmap-dir", help="JSON mode: where heatmap PNGs go (default RUN_DIR/heatmaps)")
     p.add_argument("--csv", help="stream one row per image into this CSV (resumes: paths already in it are skipped)")
     p.add_argument("--heatmaps", metavar="OUT", help="--csv mode: write a heatmap PNG per image here (default: none)")
-    p.add_argument("--batch-size", type=_positive_int, default=16, help="--csv mode: images scored together")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="--csv mode: images scored together")
     p.add_argument("--runtime", default="auto", choices=RUNTIMES, help=RUNTIME_HELP)
     p.add_argument("--threads", type=_positive_int, help="intra-op threads (default: every core)")
     p.add_argument("images", nargs="+", metavar="FOLDER_OR_FILE", help="image files, or folders searched recursively")

@@ -142,9 +142,10 @@ def size_table(results: Sequence[Any], bins: Sequence[float] = M.SIZE_BINS) -> p
             rows.append({"method": r.method, "defect area": _area_label(row["area_from"], row["area_to"]),
                          "n": row["n"], "recall at threshold": row["recall_at_threshold"],
                          "image AUROC vs good": row["image_auroc"]})
-    table = pd.DataFrame(rows)
-    return table[table["n"] > 0].pivot_table(index=["defect area", "n"], columns="method", sort=False,
-                                             values=["recall at threshold", "image AUROC vs good"]).round(2)
+    table = pd.DataFrame(rows)  # n can differ by method: masks are resized to each model's input size
+    table = table[table["n"] > 0].pivot_table(index="defect area", columns="method", sort=False, dropna=False,
+                                              values=["n", "recall at threshold", "image AUROC vs good"])
+    return table[["n", "recall at threshold", "image AUROC vs good"]].round(2)
 
 
 def _area_label(lo: float, hi: float) -> str:
@@ -156,7 +157,9 @@ def summarise_sizes(table: pd.DataFrame) -> str:
     lines = []
     auroc = table["image AUROC vs good"]
     for method in auroc.columns:
-        weak = [f"{area} (AUROC {v:.2f}, n={n})" for (area, n), v in auroc[method].items() if v < 0.7 and n >= 5]
+        n = table["n"][method]
+        weak = [f"{area} (AUROC {v:.2f}, n={n[area]:.0f})" for area, v in auroc[method].items()
+                if v < 0.7 and n[area] >= 5]
         lines.append(f"- **{method}** " + ("misses defects of area " + ", ".join(weak) if weak
                                           else "separates every size bin of >= 5 images from good parts with "
                                                "AUROC >= 0.7") + ".")

@@ -84,7 +84,7 @@ def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
 
 
 def inspect_paths(run: Any, inputs: Sequence[str | Path], csv_path: str | Path, heatmap_dir: str | Path | None = None,
-                  batch_size: int = 16, runtime: str = "auto", threads: int | None = None,
+                  batch_size: int = 8, runtime: str = "auto", threads: int | None = None,
                   progress: bool = True) -> dict[str, Any]:
     """Score every image in ``inputs`` with ``run`` (a loaded :class:`anomaly.pipeline.Run`), one CSV row each.
 

@@ -288,7 +288,9 @@ def predict_paths(run: Run, paths: Sequence[str | Path], heatmap_dir: str | Path
                   "is_anomalous": bool(out.image_scores[0] >= run.threshold), "heatmap": None,
                   "regions": regions_of(run, out.anomaly_maps[0])}
         if heatmap_dir is not None:
-            target = Path(heatmap_dir) / f"{Path(path).stem}_heatmap.png"
+            from anomaly.inspection import heatmap_name
+
+            target = Path(heatmap_dir) / heatmap_name(path)  # same-named files in other folders do not collide
             save_heatmap_png(image[0], out.anomaly_maps[0], target, **display_range(run))
             record["heatmap"] = str(target)
         results.append(record)

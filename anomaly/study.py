@@ -191,7 +191,7 @@ def data_efficiency(data: str | Path, category: str, method: str, sizes: Sequenc
 
     rows = []
     for s in range(seed, seed + max(seeds, 1)):
-        n_all = len(D.load_splits(data, category, seed=s).train)
+        n_all = len(D.load_splits(data, category, val_fraction=_pool_fraction(method), seed=s).train)
         full = next((Path(r) for r in reuse if _same_run(r, data, category, method, params, s)), None)
         for n in tqdm(sorted({n for n in sizes if 0 < n < n_all} | {n_all}), desc=f"data efficiency, seed {s}"):
             run_dir = full if n == n_all and full is not None else None
@@ -203,6 +203,13 @@ def data_efficiency(data: str | Path, category: str, method: str, sizes: Sequenc
             rows.append({"method": method, "seed": s, "n_train": n, "run_dir": str(run_dir), **{
                 k: m.get(k, np.nan) for k in ("image_auroc", "pixel_auroc", "aupro", "aupro_fpr05", "fit_seconds")}})
     return pd.DataFrame(rows)
+
+
+def _pool_fraction(method: str) -> float:
+    """The validation share fit_run carves by default: none when the method is cross-fitted (all images fit)."""
+    from anomaly.models import get_detector_class
+
+    return 0.0 if hasattr(get_detector_class(method), "fit_crossfit") else 0.1
 
 
 def _same_run(run_dir: str | Path, data: str | Path, category: str, method: str, params: dict[str, Any] | None,

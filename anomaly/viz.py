@@ -417,7 +417,8 @@ def detection_by_size_figure(table: pd.DataFrame) -> Figure:
         table: :func:`anomaly.evidence.size_table` (index: defect area, n; columns: (metric, method)).
     """
     fig, axes = _new_figure(1, 2, cell=4.2)
-    labels = [f"{area}\n(n={n})" for area, n in table.index]
+    n = table["n"].max(axis=1)  # defective images per bin (at the largest map size)
+    labels = [f"{area}\n(n={n[area]:.0f})" for area in table.index]
     x = np.arange(len(labels))
     for ax, metric in zip(axes[0], ("recall at threshold", "image AUROC vs good")):
         for method in table[metric].columns:

@@ -111,3 +111,32 @@ def test_key_is_asked_once_and_used(browser, patchcore_run, defective):
         assert page.evaluate("sessionStorage.getItem('anomaly-api-key')") == KEY
         assert page.is_hidden("#key-form")
         page.close()
+
+
+def test_too_large_upload_is_explained(browser, patchcore_run, defective):
+    with serve(create_app(patchcore_run, max_upload_bytes=1000)) as url:
+        page = browser.new_page(viewport=VIEWPORT)
+        page.goto(url + "/")
+        card = upload(page, defective)
+        assert card.get_attribute("data-state") == "error"
+        message = card.locator(".error").inner_text()
+        assert f"{defective.name}: rejected (too large)" in message and "limit is 1000 bytes" in message
+        page.close()
+
+
+def test_docs_render_with_the_network_cut_off(browser, open_url):
+    page = browser.new_page(viewport=VIEWPORT)
+    outside = []
+
+    def local_only(route):  # anything not served by the app would need the internet
+        if route.request.url.startswith(open_url):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", local_only)
+    page.goto(open_url + "/docs")
+    page.wait_for_selector(".opblock", timeout=30_000)  # Swagger UI rendered the operations
+    assert page.locator(".opblock").count() >= 4 and outside == []
+    page.close()

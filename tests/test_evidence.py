@@ -61,6 +61,9 @@ def test_size_table_and_sentence():
     results = _toy()
     table = evidence.size_table(results)
     assert set(table["recall at threshold"].columns) == {"intensity", "patchcore"}
-    assert sum(n for _, n in table.index) == 30
+    assert table["n"]["patchcore"].sum() == 30
     assert "patchcore" in evidence.summarise_sizes(table)
     assert "| defect area |" in evidence.to_markdown(table)
+    from anomaly import viz
+
+    assert len(viz.detection_by_size_figure(table).axes) == 2

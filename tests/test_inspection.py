@@ -98,6 +98,10 @@ def test_cli_csv_mode_and_json_mode(patchcore_run, folder, tmp_path, capsys):
     assert main(["predict", "--run-dir", str(patchcore_run), "--device", "cpu", "--heatmap-dir", str(tmp_path / "h"),
                  str(folder / "a")]) == 0
     assert [json.loads(line)["path"] for line in capsys.readouterr().out.strip().splitlines()] == good
+    assert main(["predict", "--run-dir", str(patchcore_run), "--device", "cpu", "--heatmap-dir", str(tmp_path / "j"),
+                 str(folder / "a" / "000.png"), str(folder / "b" / "000.png")]) == 0
+    assert len({json.loads(line)["heatmap"] for line in capsys.readouterr().out.strip().splitlines()}) == 2
+    assert len(list((tmp_path / "j").iterdir())) == 2  # same file name, different folders: two heatmaps
     with pytest.raises(SystemExit) as exc:  # JSON mode still stops with exit 2 on an unreadable image
         main(["predict", "--run-dir", str(patchcore_run), "--device", "cpu", str(folder / "b" / "broken.png")])
     assert exc.value.code == 2
