@@ -1,4 +1,4 @@
-"""Decision thresholds and display normalisation that need no defective image.
+"""Decision thresholds that need no defective image: a target false-reject rate, a pixel threshold.
 
 Everything here is fitted on the scores (or maps) of GOOD images of ``train/good`` -- out-of-sample
 cross-fitted scores (:mod:`anomaly.calibration`) or a validation split -- never on test images or
@@ -202,48 +202,6 @@ def scores_at_threshold(labels: np.ndarray, scores: np.ndarray, threshold: float
         "fn": fn,
         "tp": tp,
     }
-
-
-def fit_map_range(val_maps: np.ndarray, low_q: float = 0.5, high_q: float = 0.999) -> tuple[float, float]:
-    """Display range ``(low, high)`` from the pixel values of good VALIDATION anomaly maps.
-
-    Args:
-        val_maps: (M, H, W) anomaly maps of good validation images (never test maps).
-        low_q: quantile of the pooled pixel values mapped to 0 (0.5 = median, 0.0 = minimum).
-        high_q: quantile mapped to 1. Passing the image threshold as ``high`` to
-            ``normalise_maps`` instead is fine when the image score is the map maximum.
-
-    Returns:
-        ``(low, high)`` floats with low < high.
-    """
-    values = np.asarray(val_maps, dtype=np.float64).ravel()
-    if values.size == 0:
-        raise ValueError("fit_map_range needs validation maps, got none")
-    if not 0.0 <= low_q < high_q <= 1.0:
-        raise ValueError(f"need 0 <= low_q < high_q <= 1, got {low_q} and {high_q}")
-    low, high = (float(v) for v in np.quantile(values, [low_q, high_q]))
-    if not high > low:
-        raise ValueError(f"validation maps are constant between the quantiles ({low}); no display range")
-    return low, high
-
-
-def normalise_maps(maps: np.ndarray, low: float, high: float) -> np.ndarray:
-    """Min-max scale anomaly maps to [0, 1] for DISPLAY with a fixed range.
-
-    ``low`` and ``high`` must come from validation data (``fit_map_range`` or the validation
-    threshold), never from the maps being shown: fitting them on test maps would make every test
-    image look equally anomalous and leak test information.
-
-    Args:
-        maps: (..., H, W) anomaly maps. low: value mapped to 0. high: value mapped to 1.
-
-    Returns:
-        float32 array of the same shape, clipped to [0, 1].
-    """
-    if not high > low:
-        raise ValueError(f"need high > low, got low={low}, high={high}")
-    scaled = (np.asarray(maps, dtype=np.float32) - low) / (high - low)
-    return np.clip(scaled, 0.0, 1.0)
 
 
 def _ratio(num: int, den: int) -> float:

@@ -1,11 +1,11 @@
-"""Tests for anomaly.thresholds: fitted values, confusion counts, display normalisation."""
+"""Tests for anomaly.thresholds: fitted values, confusion counts, FRR estimators, pixel thresholds."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from anomaly.thresholds import (ESTIMATORS, fit_map_range, frr_threshold, map_tail_quantiles, normalise_maps,
+from anomaly.thresholds import (ESTIMATORS, frr_threshold, map_tail_quantiles,
                                 pixel_threshold, scores_at_threshold)
 
 
@@ -105,14 +105,3 @@ def test_scores_at_threshold_errors():
         scores_at_threshold(np.array([0, 2]), np.array([0.1, 0.2]), 0.5)
 
 
-def test_fit_map_range_and_normalise_maps():
-    val_maps = np.arange(101.0).reshape(1, 1, 101)
-    low, high = fit_map_range(val_maps, low_q=0.5, high_q=1.0)
-    assert (low, high) == (pytest.approx(50.0), pytest.approx(100.0))
-    shown = normalise_maps(np.array([[[0.0, 50.0, 75.0, 100.0, 200.0]]]), low, high)
-    np.testing.assert_allclose(shown, [[[0.0, 0.0, 0.5, 1.0, 1.0]]])
-    assert shown.dtype == np.float32 and shown.shape == (1, 1, 5)
-    with pytest.raises(ValueError, match="high > low"):
-        normalise_maps(shown, 1.0, 1.0)
-    with pytest.raises(ValueError, match="constant"):
-        fit_map_range(np.ones((2, 4, 4)))

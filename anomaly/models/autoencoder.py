@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from anomaly.models.base import Detector
+from anomaly.models.base import Detector, model_buffer
 from anomaly.models.postprocess import gaussian_blur, resize_images, ssim_map, to_grayscale, topk_mean
 
 logger = logging.getLogger(__name__)
@@ -175,23 +175,9 @@ class ConvAutoencoder(Detector):
     def network(self, network: AutoencoderNet) -> None:
         self.model.network = network.to(self.device)
 
-    @property
-    def mean(self) -> torch.Tensor:
-        """(3,) per-channel mean of the training images (a buffer of :attr:`model`)."""
-        return self.model.mean
+    mean = model_buffer("mean", "(3,) per-channel mean of the training images (a buffer of :attr:`model`).")
 
-    @mean.setter
-    def mean(self, value: torch.Tensor) -> None:
-        self.model.mean = value.to(self.device, torch.float32)
-
-    @property
-    def std(self) -> torch.Tensor:
-        """(3,) per-channel standard deviation of the training images."""
-        return self.model.std
-
-    @std.setter
-    def std(self, value: torch.Tensor) -> None:
-        self.model.std = value.to(self.device, torch.float32)
+    std = model_buffer("std", "(3,) per-channel standard deviation of the training images.")
 
     @property
     def fitted(self) -> bool:

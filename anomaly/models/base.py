@@ -150,6 +150,19 @@ class Detector(ABC):
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
 
 
+def model_buffer(name: str, doc: str) -> property:
+    """A detector attribute that reads and writes the buffer ``name`` of its inference module
+    ``self.model`` (``None`` stays ``None``; tensors are stored as float32 on the detector's device)."""
+
+    def get(self: Detector) -> torch.Tensor | None:
+        return getattr(self.model, name)
+
+    def set_(self: Detector, value: torch.Tensor | None) -> None:
+        setattr(self.model, name, None if value is None else value.to(self.device, torch.float32))
+
+    return property(get, set_, doc=doc)
+
+
 def _detector_from_meta(meta_path: Path, cls: type[Detector], device: str | torch.device) -> Detector:
     """An unfitted detector from ``model.json`` (method + config); ValueError names the file."""
     from anomaly.models import get_detector_class

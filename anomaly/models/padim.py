@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from anomaly.features import DEFAULT_BACKBONE, FeatureExtractor
-from anomaly.models.base import Detector, Prediction, fold_ids, score_by_fold
+from anomaly.models.base import Detector, Prediction, fold_ids, model_buffer, score_by_fold
 from anomaly.models.coreset import torch_threads
 from anomaly.models.postprocess import gaussian_blur, resize_images, upsample_maps
 
@@ -128,23 +128,9 @@ class PaDiM(Detector):
         """(d,) the seeded channel subset."""
         return self.model.channel_index
 
-    @property
-    def mean(self) -> torch.Tensor | None:
-        """(P, d) per-position means (a buffer of :attr:`model`), ``None`` before fit or load."""
-        return self.model.mean
+    mean = model_buffer("mean", "(P, d) per-position means (a buffer of :attr:`model`), ``None`` before fit.")
 
-    @mean.setter
-    def mean(self, value: torch.Tensor | None) -> None:
-        self.model.mean = None if value is None else value.float().to(self.device)
-
-    @property
-    def inv_covariance(self) -> torch.Tensor | None:
-        """(P, d, d) per-position inverse covariances, ``None`` before fit or load."""
-        return self.model.inv_covariance
-
-    @inv_covariance.setter
-    def inv_covariance(self, value: torch.Tensor | None) -> None:
-        self.model.inv_covariance = None if value is None else value.float().to(self.device)
+    inv_covariance = model_buffer("inv_covariance", "(P, d, d) per-position inverse covariances, ``None`` before fit.")
 
     def _features(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """(B, 3, H, W) in [0, 1] -> (P, B, d) selected features at ``image_size`` and the grid (h, w)."""

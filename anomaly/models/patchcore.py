@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from anomaly.features import DEFAULT_BACKBONE, FeatureExtractor
-from anomaly.models.base import Detector, Prediction, fold_ids, score_by_fold
+from anomaly.models.base import Detector, Prediction, fold_ids, model_buffer, score_by_fold
 from anomaly.models.coreset import GreedyCoresetSampler, RandomSampler
 from anomaly.models.postprocess import gaussian_blur, resize_images, upsample_maps
 
@@ -151,14 +151,7 @@ class PatchCore(Detector):
     def extractor(self) -> FeatureExtractor:
         return self.model.extractor
 
-    @property
-    def memory_bank(self) -> torch.Tensor | None:
-        """(M, C) the fitted bank (a buffer of :attr:`model`), ``None`` before fit or load."""
-        return self.model.memory_bank
-
-    @memory_bank.setter
-    def memory_bank(self, bank: torch.Tensor | None) -> None:
-        self.model.memory_bank = None if bank is None else bank.float().to(self.device)
+    memory_bank = model_buffer("memory_bank", "(M, C) the fitted bank (a buffer of :attr:`model`); None before fit.")
 
     # -- fit -------------------------------------------------------------------------------------
     def _fit(self, train_loader: DataLoader) -> None:
