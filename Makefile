@@ -30,10 +30,10 @@ report: $(STAMP)
 synth: $(STAMP)
 	$(BIN)/anomaly synth --out $(SYNTH_DIR)
 
-# Real MVTec AD screw benchmark (the README's results table): make benchmark MVTEC=../shared/datasets/mvtec_ad
+# Real MVTec AD screw and bottle benchmark (the README's results tables): make benchmark MVTEC=../shared/datasets/mvtec_ad
 MVTEC ?= ../shared/datasets/mvtec_ad
 benchmark: $(STAMP)
-	$(BIN)/anomaly benchmark --data $(MVTEC) --categories screw --methods intensity,autoencoder,padim,patchcore --out weights/benchmark
+	$(BIN)/anomaly benchmark --data $(MVTEC) --categories screw,bottle --methods intensity,autoencoder,padim,patchcore --out weights/benchmark
 
 # docs/station.png: the inspection page in headless Chromium on a synthetic defective part (never real MVTec images).
 STATION_DIR := data/station

@@ -20,6 +20,9 @@ from anomaly.models import METHODS
 from anomaly.thresholds import DEFAULT_ESTIMATOR, DEFAULT_PIXEL_FPR, DEFAULT_TARGET_FRR, ESTIMATORS
 
 logger = logging.getLogger("anomaly")
+RUNTIMES = ("auto", "torch", "onnx")
+RUNTIME_HELP = ("auto (default): RUN_DIR/model.onnx in onnxruntime when it passes the parity check with PyTorch "
+                "(exported once), else PyTorch with the reason logged; torch; onnx")
 
 
 def _parse_set(items: Sequence[str]) -> dict[str, Any]:
@@ -114,12 +117,12 @@ def _compare(run_dir: str, target_frr: float, load_predictions: Callable) -> dic
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from anomaly.pipeline import evaluate_run
 
-    metrics = evaluate_run(args.run_dir, device=args.device, data=args.data)
+    metrics = evaluate_run(args.run_dir, device=args.device, data=args.data, runtime=args.runtime)
     print(json.dumps({k: v for k, v in metrics.items() if k != "per_defect_type"}, indent=2))
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from anomaly.inspection import inspect_paths, list_images
+    from anomaly.inspection import inspect_paths, list_images, runtime_scorer
     from anomaly.pipeline import load_run, predict_paths
 
     if (args.heatmaps and not args.csv) or (args.csv and args.heatmap_dir):
@@ -131,7 +134,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
         print(json.dumps(summary))
         return
     heatmap_dir = Path(args.heatmap_dir) if args.heatmap_dir else Path(args.run_dir) / "heatmaps"
-    for record in predict_paths(run, list_images(args.images), heatmap_dir=heatmap_dir):  # folders expanded
+    scorer = runtime_scorer(run, args.runtime, args.threads)
+    for record in predict_paths(run, list_images(args.images), heatmap_dir=heatmap_dir, scorer=scorer):
         print(json.dumps(record))
 
 
@@ -206,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="score the test split; write metrics.json")
     p.add_argument("--run-dir", required=True)
     p.add_argument("--data", help="override the dataset root recorded in the run")
+    p.add_argument("--runtime", default="auto", choices=RUNTIMES, help=RUNTIME_HELP)
     _add_common(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -223,8 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", help="stream one row per image into this CSV (resumes: paths already in it are skipped)")
     p.add_argument("--heatmaps", metavar="OUT", help="--csv mode: write a heatmap PNG per image here (default: none)")
     p.add_argument("--batch-size", type=_positive_int, default=8, help="--csv mode: images scored together")
-    p.add_argument("--runtime", default="torch", choices=("torch", "onnx"), help="--csv mode: torch or the ONNX graph")
-    p.add_argument("--threads", type=_positive_int, help="--csv mode: intra-op threads (default: every core)")
+    p.add_argument("--runtime", default="auto", choices=RUNTIMES, help=RUNTIME_HELP)
+    p.add_argument("--threads", type=_positive_int, help="intra-op threads (default: every core)")
     p.add_argument("images", nargs="+", metavar="FOLDER_OR_FILE", help="image files, or folders searched recursively")
     _add_common(p)
     p.set_defaults(func=cmd_predict)
@@ -266,8 +271,7 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allowed-hosts", default="",
                    help="comma-separated extra host names clients may use in the Host header (DNS-rebinding "
                         "guard; always allowed: 127.0.0.1, localhost and --host); '*' allows any")
-    p.add_argument("--runtime", default="torch", choices=("torch", "onnx"),
-                   help="onnx: RUN_DIR/model.onnx in onnxruntime (exported first if missing)")
+    p.add_argument("--runtime", default="auto", choices=RUNTIMES, help=RUNTIME_HELP)
     p.add_argument("--max-upload-mb", type=_positive_float, default=20.0, help="largest request body; larger uploads get 413")
     p.add_argument("--threads", type=_positive_int, default=1,
                    help="torch / onnxruntime intra-op threads per request (concurrent requests use the other cores)")
@@ -295,6 +299,9 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", required=True)
     p.add_argument("--format", default="onnx", choices=("onnx",))
     p.add_argument("--out", help="output file (default RUN_DIR/model.onnx)")
+    p.add_argument("--int8", choices=("dynamic", "static"),
+                   help="also write RUN_DIR/model.int8-MODE.onnx (backbone convolutions in int8; static: calibrated "
+                        "on good training images) and compare it with the float graph on the test split")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("latency", help="per-image latency, PyTorch vs onnxruntime, batch 1 and 8")
@@ -350,6 +357,11 @@ def cmd_loadtest(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from anomaly.export import export_run
 
+    if args.int8:
+        from anomaly.quantize import compare_int8
+
+        print(json.dumps(compare_int8(args.run_dir, mode=args.int8), indent=2))
+        return
     print(json.dumps(export_run(args.run_dir, out=args.out), indent=2))
 
 

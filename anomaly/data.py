@@ -38,9 +38,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
+
+from anomaly.geometry import Letterbox
 
 logger = logging.getLogger(__name__)
 
@@ -177,13 +178,20 @@ def decode_image(source: bytes | Path, image_size: int | None = None, max_pixels
         raise ImageDecodeError("the upload is empty", 422)
     with _open(source) as img:
         _check_pixels(source, img, max_pixels)
+        hw = (img.height, img.width)  # the letterbox follows the file's aspect, not a reduced one's
         slot = _HEAVY_SLOTS if img.width * img.height > HEAVY_PIXELS else contextlib.nullcontext()
         try:
             with slot:
                 array = image_array(_reduced(img, image_size))  # (H', W') or (H', W', 3)
         except Exception as err:  # PIL raises many types on crafted data: OSError, SyntaxError, struct.error, ...
             raise ImageDecodeError(f"cannot decode {_label(source)}: corrupt or truncated image data ({err})", 422) from None
-    return to_image_tensor(array, image_size)
+    return to_image_tensor(array, image_size, hw)
+
+
+def image_hw(path: str | Path) -> tuple[int, int]:
+    """(H, W) of an image file, from its header."""
+    with _open(Path(path)) as img:
+        return img.height, img.width
 
 
 def _check_pixels(source: Path | bytes, img: Image.Image, max_pixels: int = MAX_PIXELS) -> None:
@@ -220,14 +228,20 @@ def _reduce_factors(size: tuple[int, int], image_size: int | None) -> tuple[int,
     return tuple(max(1, side // (REDUCE_MARGIN * image_size)) for side in size)
 
 
-def to_image_tensor(array: np.ndarray, image_size: int | None = None) -> torch.Tensor:
-    """(H, W) or (H, W, 3) float32 pixels in [0, 1] -> (3, H, W), or (3, S, S) resized bilinearly."""
+def to_image_tensor(array: np.ndarray, image_size: int | None = None,
+                    hw: tuple[int, int] | None = None) -> torch.Tensor:
+    """(H, W) or (H, W, 3) float32 pixels in [0, 1] -> (3, H, W), or (3, S, S) letterboxed.
+
+    Args:
+        hw: the original image's (H, W) when ``array`` was reduced from it (its aspect sets the
+            letterbox, :class:`anomaly.geometry.Letterbox`); default ``array``'s own.
+    """
     image = torch.from_numpy(array)
     image = image[None] if image.ndim == 2 else image.permute(2, 0, 1)  # (1 or 3, H, W)
     if image_size is not None and tuple(image.shape[1:]) != (image_size, image_size):
         # a single channel is resized once, then repeated: the same values for a third of the work
-        image = F.interpolate(image[None], size=(image_size, image_size), mode="bilinear", antialias=True,
-                              align_corners=False)[0].clamp_(0.0, 1.0)
+        height, width = hw or image.shape[1:]
+        image = Letterbox(int(height), int(width), image_size).image(image)  # (1 or 3, S, S)
     return image.expand(3, -1, -1).contiguous()
 
 
@@ -257,8 +271,9 @@ def _plain_mode(img: Image.Image) -> Image.Image:
     return img
 
 
-def read_mask(path: str | Path | None, size: tuple[int, int]) -> torch.Tensor:
-    """Read a mask as float32 (H, W) in {0, 1} at ``size`` = (H, W) (nearest); ``None`` gives zeros."""
+def read_mask(path: str | Path | None, size: tuple[int, int] | None) -> torch.Tensor:
+    """Read a mask as float32 (H, W) in {0, 1} at ``size`` = (H, W) (nearest; ``None``: the file's own);
+    a ``None`` path gives zeros."""
     if path is None:
         return torch.zeros(size, dtype=torch.float32)
     with _load(Path(path)) as img:
@@ -267,13 +282,16 @@ def read_mask(path: str | Path | None, size: tuple[int, int]) -> torch.Tensor:
         array = array.max(axis=2)
     binary = array > (0 if array.max() <= 1 else array.max() / 2)  # 0/255 masks, 0/1 masks, 16-bit masks
     mask = Image.fromarray(binary.astype(np.uint8))
-    if mask.size != (size[1], size[0]):
+    if size is not None and mask.size != (size[1], size[0]):
         mask = mask.resize((size[1], size[0]), Image.Resampling.NEAREST)
     return torch.from_numpy(np.asarray(mask, dtype=np.float32))
 
 
 class AnomalyDataset(Dataset):
-    """Samples as dicts: image (3, S, S) float in [0, 1], mask (S, S) in {0, 1}, label, index."""
+    """Samples as dicts: image (3, S, S) float in [0, 1], mask (S, S) in {0, 1}, label, index, hw.
+
+    Non-square images and their masks are letterboxed (:mod:`anomaly.geometry`), not squashed.
+    """
 
     def __init__(self, samples: list[Sample], image_size: int) -> None:
         self.samples = list(samples)
@@ -283,10 +301,17 @@ class AnomalyDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> dict:
+        """image (3, S, S) and mask (S, S) letterboxed alike; hw (2,) the file's (H, W)."""
         sample = self.samples[index]
         size = self.image_size
-        return {"image": read_image(sample.image_path, size), "mask": read_mask(sample.mask_path, (size, size)),
-                "label": sample.label, "index": index}
+        hw = image_hw(sample.image_path)
+        if sample.mask_path is None:
+            mask = torch.zeros(size, size)
+        else:
+            native = read_mask(sample.mask_path, hw).numpy()  # (H, W)
+            mask = torch.from_numpy(Letterbox(*hw, size).mask(native).astype(np.float32))  # (S, S)
+        return {"image": read_image(sample.image_path, size), "mask": mask, "label": sample.label,
+                "index": index, "hw": torch.tensor(hw)}
 
 
 def mask_areas(samples: list[Sample]) -> pd.DataFrame:

@@ -7,7 +7,12 @@ inference module, ``detector.model`` (:class:`~anomaly.models.patchcore.PatchCor
 the scoring exists once; this module only exports it, runs it with onnxruntime and checks parity.
 Exported with the TorchScript-based exporter (``dynamo=False``, opset 17; the dynamo
 exporter fixed the batch axis to the example's size) and checked against PyTorch: the largest
-score and map differences go to ``RUN_DIR/onnx_parity.json``. PatchCore's graph computes the
+score and map differences go to ``RUN_DIR/onnx_parity.json``.
+:func:`select_scorer` picks the runtime of ``evaluate``, ``predict`` and ``serve``: with ``"auto"``
+(their default) the exported graph in onnxruntime when its parity record is within
+:data:`PARITY_RTOL`, else the PyTorch detector, with the reason logged. The graph is exported once
+and cached in the run folder (``model.onnx`` + ``onnx_parity.json``, tied to ``model.pt`` by its
+SHA-256; files the completeness marker does not list never make a run folder incomplete). PatchCore's graph computes the
 whole (B * patches, bank) distance matrix in one block: ~100 MB at batch 8, 256 px, a 1 % bank.
 """
 
@@ -25,7 +30,7 @@ import torch
 from torch import nn
 
 from anomaly.models import Detector, Prediction
-from anomaly.models.postprocess import resize_images, upsample_maps
+from anomaly.geometry import letterbox_batch, maps_to_input
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +40,8 @@ OPSET = 17
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("image_scores", "anomaly_maps")
 EXPORTABLE = ("patchcore", "padim")
+RUNTIMES = ("auto", "torch", "onnx")
+PARITY_RTOL = 1e-3  # largest score-relative difference of scores and maps accepted by "auto"
 
 
 def set_torch_threads(threads: int | None = None) -> int:
@@ -108,14 +115,14 @@ class OnnxScorer:
         self.path = Path(path)
 
     def predict(self, images: torch.Tensor) -> Prediction:
-        """(B, 3, H, W) in [0, 1] -> scores (B,), maps (B, H, W); resized to S and back like the detector."""
+        """(B, 3, H, W) in [0, 1] -> scores (B,), maps (B, H, W); letterboxed to S and back like the detector."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
         with torch.inference_mode():
-            x = resize_images(images.float().cpu(), self.image_size).contiguous()  # (B, 3, S, S)
+            x = letterbox_batch(images.float().cpu(), self.image_size).contiguous()  # (B, 3, S, S), aspect kept
         scores, maps = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: x.numpy()})
         if tuple(images.shape[-2:]) != (self.image_size, self.image_size):
-            maps = upsample_maps(torch.from_numpy(maps), tuple(images.shape[-2:])).numpy()  # (B, H, W)
+            maps = maps_to_input(torch.from_numpy(maps), tuple(images.shape[-2:]), self.image_size).numpy()  # (B, H, W)
         return Prediction(scores.astype(np.float32), maps.astype(np.float32))
 
 
@@ -184,3 +191,57 @@ def load_onnx_scorer(run: Any, threads: int | None = None) -> OnnxScorer:
         logger.info("no %s exported from this run's model.pt: exporting it now", path)
         export_run(run)
     return OnnxScorer(path, run.image_size, threads=threads)
+
+
+def parity_failure(record: dict[str, Any], rtol: float = PARITY_RTOL) -> str | None:
+    """Why a parity record fails the ``auto`` check (relative score / map difference above ``rtol``), or None."""
+    for key in ("max_rel_diff_scores", "max_rel_diff_maps"):
+        value = record.get(key)
+        if not isinstance(value, (int, float)) or not np.isfinite(value) or value > rtol:
+            return f"ONNX parity check failed: {key} = {value!r} (limit {rtol:g})"
+    return None
+
+
+def select_scorer(run: Any, runtime: str = "auto", threads: int | None = None) -> tuple[Any, str]:
+    """The scorer of a loaded run and the runtime it uses (``"torch"`` or ``"onnx"``).
+
+    ``"auto"`` takes onnxruntime (measured faster than eager PyTorch on CPU, see the README) when the
+    run's method exports, the run is on the CPU, the export succeeds and its parity record is within
+    :data:`PARITY_RTOL`; otherwise the detector itself, logging why. ``"torch"`` / ``"onnx"`` are
+    taken as asked (an ``"onnx"`` export failure is an error, not a fallback).
+
+    Args:
+        threads: onnxruntime intra-op threads (default: every core); torch's are the caller's to set.
+    """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    if runtime == "onnx":
+        return load_onnx_scorer(run, threads=threads), "onnx"
+    reason = "--runtime torch" if runtime == "torch" else _no_onnx_reason(run)
+    failed = False  # an expected PyTorch run is logged at INFO, a failed export or parity check at WARNING
+    if reason is None:
+        try:
+            scorer = load_onnx_scorer(run, threads=threads)
+            reason = parity_failure(_read_parity(run))
+        except Exception as err:  # noqa: BLE001 -- any export failure (missing onnx, unsupported op, full disk) falls back
+            reason, scorer = f"ONNX export failed: {type(err).__name__}: {err}", None
+        if reason is None:
+            logger.info("runtime: onnxruntime (%s, parity within %g)", scorer.path, PARITY_RTOL)
+            return scorer, "onnx"
+        failed = True
+    (logger.warning if failed else logger.info)("runtime: PyTorch (%s)", reason)
+    return run.detector, "torch"
+
+
+def _no_onnx_reason(run: Any) -> str | None:
+    if run.detector.name not in EXPORTABLE:
+        return f"{run.detector.name} has no ONNX export"
+    if str(run.detector.device) != "cpu":
+        return f"the run is on {run.detector.device}; onnxruntime runs here on the CPU only"
+    return None
+
+
+def _read_parity(run: Any) -> dict[str, Any]:
+    from anomaly.runs import read_dict
+
+    return read_dict(run.run_dir / PARITY_FILE)

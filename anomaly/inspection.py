@@ -23,7 +23,8 @@ from typing import Any, Iterable, Iterator, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from anomaly.data import IMAGE_EXTENSIONS, DataError, decode_image
+from anomaly.data import IMAGE_EXTENSIONS, DataError, decode_image, image_hw
+from anomaly.geometry import Letterbox
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
 
 
 def inspect_paths(run: Any, inputs: Sequence[str | Path], csv_path: str | Path, heatmap_dir: str | Path | None = None,
-                  batch_size: int = 8, runtime: str = "torch", threads: int | None = None,
+                  batch_size: int = 8, runtime: str = "auto", threads: int | None = None,
                   progress: bool = True) -> dict[str, Any]:
     """Score every image in ``inputs`` with ``run`` (a loaded :class:`anomaly.pipeline.Run`), one CSV row each.
 
@@ -94,7 +95,7 @@ def inspect_paths(run: Any, inputs: Sequence[str | Path], csv_path: str | Path, 
         csv_path: written as it goes (appended to when it exists: its paths are skipped).
         heatmap_dir: when given, one heatmap PNG per image, named by :func:`heatmap_name`.
         batch_size: images decoded and scored together.
-        runtime: ``"torch"`` (the detector) or ``"onnx"`` (the run's exported graph in onnxruntime).
+        runtime: ``"auto"`` (onnxruntime when it passes the parity check), ``"torch"`` or ``"onnx"``.
         threads: intra-op threads of the runtime (default: every core).
 
     Returns:
@@ -108,7 +109,7 @@ def inspect_paths(run: Any, inputs: Sequence[str | Path], csv_path: str | Path, 
     csv_path = Path(csv_path)
     paths = list_images(inputs)
     todo = [p for p in paths if str(p) not in done_paths(csv_path)]
-    scorer = _scorer(run, runtime, threads)
+    scorer = runtime_scorer(run, runtime, threads)
     colours = display_range(run) if heatmap_dir is not None else {}
     counts = {"written": 0, "errors": 0, "anomalous": 0}
     start = time.perf_counter()
@@ -145,7 +146,8 @@ def _decode_batch(paths: list[Path], image_size: int) -> tuple[list[dict[str, An
     for path in paths:
         row = {"path": str(path), "score": "", "is_anomalous": "", "regions": "", "error": ""}
         try:
-            images.append(decode_image(path, image_size))  # (3, S, S)
+            row["_hw"] = image_hw(path)  # not a CSV column: where the image sits on the canvas
+            images.append(decode_image(path, image_size))  # (3, S, S), letterboxed
         except (DataError, OSError) as err:
             row["error"] = str(err)
             logger.warning("%s", err)
@@ -165,23 +167,21 @@ def _score_batch(run: Any, scorer: Any, rows: list[dict[str, Any]], images: list
     for i, row in enumerate(r for r in rows if not r["error"]):
         score = float(out.image_scores[i])
         row.update(score=score, is_anomalous=bool(score >= run.threshold))
-        row["regions"] = "" if run.pixel_threshold is None else len(regions_of(run, out.anomaly_maps[i]))
+        box = Letterbox(*row["_hw"], run.image_size)
+        amap = box.crop(out.anomaly_maps[i])  # (h, w): the image's area, never the pad
+        row["regions"] = "" if run.pixel_threshold is None else len(regions_of(run, amap))
         if heatmap_dir is not None:
             from anomaly.viz import save_heatmap_png
 
-            save_heatmap_png(batch[i], out.anomaly_maps[i], Path(heatmap_dir) / heatmap_name(row["path"]), **colours)
+            save_heatmap_png(box.crop(batch[i]), amap, Path(heatmap_dir) / heatmap_name(row["path"]), **colours)
     return rows
 
 
-def _scorer(run: Any, runtime: str, threads: int | None = None) -> Any:
-    if runtime == "torch":
-        if threads is not None:
-            from anomaly.export import set_torch_threads
+def runtime_scorer(run: Any, runtime: str = "auto", threads: int | None = None) -> Any:
+    """The scorer of ``run`` for ``runtime`` (:func:`anomaly.export.select_scorer`); sets torch's threads for torch."""
+    from anomaly.export import select_scorer, set_torch_threads
 
-            set_torch_threads(threads)
-        return run.detector
-    if runtime == "onnx":
-        from anomaly.export import load_onnx_scorer
-
-        return load_onnx_scorer(run, threads=threads)
-    raise ValueError(f"unknown runtime {runtime!r}; choose torch or onnx")
+    scorer, used = select_scorer(run, runtime, threads=threads)
+    if used == "torch" and threads is not None:
+        set_torch_threads(threads)
+    return scorer

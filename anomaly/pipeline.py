@@ -40,6 +40,7 @@ from anomaly import calibration as C
 from anomaly import data as D
 from anomaly import metrics as M
 from anomaly.config import RunConfig
+from anomaly.geometry import Letterbox
 from anomaly.models import Detector, create_detector
 from anomaly.regions import find_regions
 from anomaly.runs import (atomic_run_dir, check_run_dir, read_config, read_dict, read_metrics, read_predictions,
@@ -84,13 +85,23 @@ def predict_loader(detector: Detector, loader: DataLoader, desc: str = "predict"
         out = detector.predict(batch["image"])
         seconds += time.perf_counter() - start
         scores.append(out.image_scores)
-        maps.append(out.anomaly_maps.astype(np.float32))  # float16 only when written (evaluate_run)
+        maps.append(zero_pad(out.anomaly_maps.astype(np.float32), batch.get("hw")))  # float16 only when written
         masks.append(batch["mask"].numpy().astype(np.uint8))
         labels.append(np.asarray(batch["label"]))
     n = sum(len(s) for s in scores)
     return {"image_scores": np.concatenate(scores).astype(np.float64), "anomaly_maps": np.concatenate(maps),
             "gt_masks": np.concatenate(masks), "labels": np.concatenate(labels).astype(np.int64),
             "ms_per_image": 1000.0 * seconds / max(n, 1)}
+
+
+def zero_pad(maps: np.ndarray, hws: torch.Tensor | None) -> np.ndarray:
+    """(B, S, S) canvas maps with the letterbox pad of non-square inputs (``hws`` (B, 2)) set to 0."""
+    if hws is None:
+        return maps
+    for i, (h, w) in enumerate(hws.tolist()):
+        if h != w:
+            maps[i] = Letterbox(h, w, maps.shape[-1]).zero_pad(maps[i])
+    return maps
 
 
 @atomic_run_dir
@@ -140,17 +151,27 @@ def fit_run(config: RunConfig, run_dir: str | Path) -> Path:
     return run_dir
 
 
-def evaluate_run(run_dir: str | Path, device: str = "auto", data: str | Path | None = None) -> dict[str, Any]:
-    """Score the test split of a fitted run; write ``predictions.npz`` and ``metrics.json``."""
+def evaluate_run(run_dir: str | Path, device: str = "auto", data: str | Path | None = None,
+                 runtime: str = "auto", threads: int | None = None) -> dict[str, Any]:
+    """Score the test split of a fitted run; write ``predictions.npz`` and ``metrics.json``.
+
+    Args:
+        runtime: ``"auto"`` (onnxruntime when it passes the parity check, else PyTorch), ``"torch"``
+            or ``"onnx"`` (:func:`anomaly.export.select_scorer`); ``predict_runtime`` in the
+            metrics says which one ``predict_ms_per_image`` timed.
+    """
+    from anomaly.export import select_scorer
+
     run = load_run(run_dir, device=device)
     cfg = run.config
     splits = D.load_splits(data or cfg["data"], cfg["category"], val_fraction=cfg["val_fraction"], seed=cfg["seed"])
-    out = predict_loader(run.detector, make_loader(splits.test, run.image_size, cfg["batch_size"]), desc="test")
+    scorer, used = select_scorer(run, runtime, threads=threads)
+    out = predict_loader(scorer, make_loader(splits.test, run.image_size, cfg["batch_size"]), desc="test")
     decision = read_dict(Path(run_dir) / "threshold.json", ("threshold",))
     metrics = evaluation_metrics(out, splits.test, decision)
     fit_info = read_dict(Path(run_dir) / "fit.json", ("fit_seconds",))
     metrics.update({"method": cfg["method"], "category": cfg["category"], "fit_seconds": fit_info["fit_seconds"],
-                    "predict_ms_per_image": out["ms_per_image"], "peak_rss_mib": peak_rss_mib(),
+                    "predict_ms_per_image": out["ms_per_image"], "predict_runtime": used, "peak_rss_mib": peak_rss_mib(),
                     "model_sha256": run.model_sha256})
     np.savez_compressed(Path(run_dir) / "predictions.npz", image_scores=out["image_scores"],
                         labels=out["labels"], anomaly_maps=out["anomaly_maps"].astype(np.float16),
@@ -231,14 +252,16 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
                float(pixel) if isinstance(pixel, (int, float)) and np.isfinite(pixel) else None)
 
 
-def predict_paths(run: Run, paths: Sequence[str | Path], heatmap_dir: str | Path | None = None) -> list[dict]:
-    """Score image files one by one; optionally write a heatmap PNG per image."""
+def predict_paths(run: Run, paths: Sequence[str | Path], heatmap_dir: str | Path | None = None,
+                  scorer: Any = None) -> list[dict]:
+    """Score image files one by one (with ``scorer``, default the detector); optionally write heatmap PNGs."""
     from anomaly.viz import save_heatmap_png
 
+    scorer = run.detector if scorer is None else scorer
     results = []
     for path in paths:
         image = D.read_image(path)[None]  # (1, 3, H, W) at the file's resolution
-        out = run.detector.predict(image)
+        out = scorer.predict(image)
         record = {"path": str(path), "score": float(out.image_scores[0]),
                   "is_anomalous": bool(out.image_scores[0] >= run.threshold), "heatmap": None,
                   "regions": regions_of(run, out.anomaly_maps[0])}

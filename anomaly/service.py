@@ -8,8 +8,8 @@ OpenAPI docs at ``GET /docs`` (:mod:`anomaly.web`); with an ``api_key``, every e
 Uploads are decoded from bytes (never from a filesystem path) by the data layer's defensive
 decoder (:func:`anomaly.data.decode_image`: pixel and aspect caps, cheap PIL reduction of huge
 images, a bound on concurrent heavy decodes), resized to the model's input size as the evaluation
-pipeline does, and scored with PyTorch or with the exported ONNX graph run by
-onnxruntime (``runtime="onnx"``). Scoring endpoints are plain ``def`` functions, so FastAPI runs
+pipeline does, and scored with the exported ONNX graph run by onnxruntime when it passes the
+parity check (``runtime="auto"``, the default of ``anomaly serve``), else with PyTorch. Scoring endpoints are plain ``def`` functions, so FastAPI runs
 them in its thread pool; the app keeps no mutable per-request state, so concurrent requests get
 independent results. Bad input gets a 4xx JSON answer with a clear ``detail``:
 oversize body 413, too many pixels or too long an image 413, undecodable image 415, empty or corrupt
@@ -34,6 +34,7 @@ from pydantic import BaseModel
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from anomaly.data import ImageDecodeError, decode_image  # the one defensive decoder, shared with the data layer
+from anomaly.geometry import Letterbox
 from anomaly.models import Prediction
 from anomaly.utils import read_json
 
@@ -41,7 +42,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 2**20
 MAX_BATCH_FILES = 32
-RUNTIMES = ("torch", "onnx")
+RUNTIMES = ("auto", "torch", "onnx")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
 _WILDCARD_BINDS = ("0.0.0.0", "::", "")
 
@@ -61,7 +62,7 @@ class PredictResponse(BaseModel):
     heatmap_png_base64: str
     filename: str | None = None
     regions: list[dict[str, Any]] = []  # bbox [x0, y0, x1, y1] in the upload's pixels, area_px, max_score
-    mask_png_base64: str | None = None  # the binary defect mask at the model's input size (?mask=true)
+    mask_png_base64: str | None = None  # the binary defect mask of the upload's area at the model's resolution (?mask=true)
 
 
 class BatchResponse(BaseModel):
@@ -87,7 +88,9 @@ def create_app(run_dir: str | Path, runtime: str = "torch", max_upload_bytes: in
 
     Args:
         run_dir: a run folder written by :func:`anomaly.pipeline.fit_run`.
-        runtime: ``"torch"`` (the detector itself) or ``"onnx"`` (``model.onnx`` in the run folder,
+        runtime: ``"auto"`` (onnxruntime when the exported graph passes the parity check, else the
+            detector, :func:`anomaly.export.select_scorer`; the default of ``anomaly serve``),
+            ``"torch"`` (the detector itself) or ``"onnx"`` (``model.onnx`` in the run folder,
             exported on the fly when missing).
         max_upload_bytes: largest request body accepted; larger ones get 413.
         threads: onnxruntime intra-op threads per request. The default 1 lets concurrent requests
@@ -154,11 +157,9 @@ def _load_service(run_dir: Path, runtime: str, threads: int) -> _Service:
     from anomaly.pipeline import display_range, load_run
 
     run = load_run(run_dir, device="cpu")
-    scorer: Scorer = run.detector
-    if runtime == "onnx":
-        from anomaly.export import load_onnx_scorer
+    from anomaly.export import select_scorer
 
-        scorer = load_onnx_scorer(run, threads=threads)
+    scorer, runtime = select_scorer(run, runtime, threads=threads)  # "auto" resolved to what runs
     rng = display_range(run)  # both None without calibration map quantiles: per-image range
     info = {"method": run.config.get("method", run.detector.name), "category": run.config.get("category"),
             "image_size": run.image_size, "threshold": run.threshold, "runtime": runtime, "metrics": run.metrics,
@@ -201,7 +202,7 @@ def _score_uploads(service: _Service, files: list[UploadFile], mask: bool = Fals
     out = service.scorer.predict(torch.stack(images))  # scores (B,), maps (B, S, S)
     return [PredictResponse(score=_finite(score), is_anomalous=bool(score >= service.threshold),
                             threshold=service.threshold, filename=upload.filename,
-                            heatmap_png_base64=_heatmap_base64(image, amap, service),
+                            heatmap_png_base64=_heatmap_base64(*_image_area(image, amap, hw), service),
                             **_regions(amap, hw, service, mask))
             for upload, image, score, amap, hw in zip(files, images, out.image_scores.tolist(), out.anomaly_maps, sizes)]
 
@@ -217,12 +218,21 @@ def _input_hw(data: bytes, default: int) -> tuple[int, int]:
         return default, default
 
 
+def _image_area(image: torch.Tensor, amap: np.ndarray, hw: tuple[int, int]) -> tuple[torch.Tensor, np.ndarray]:
+    """The image (3, h, w) and map (h, w) of an upload's area on the letterboxed (S, S) canvas (no pad)."""
+    box = Letterbox(hw[0], hw[1], amap.shape[-1])
+    return box.crop(image), box.crop(amap)
+
+
 def _regions(amap: np.ndarray, hw: tuple[int, int], service: _Service, mask: bool) -> dict[str, Any]:
-    """``regions`` in the upload's pixels and, when asked, the (S, S) binary mask as a base64 PNG."""
+    """``regions`` in the upload's pixels and, when asked, the binary mask of the upload's area on the
+    canvas (S, S for a square upload; aspect kept, long side S, otherwise) as a base64 PNG."""
     from anomaly.regions import defect_mask, find_regions, scale_regions
 
     if service.pixel_threshold is None:
         return {}
+    box = Letterbox(hw[0], hw[1], amap.shape[-1])
+    amap = box.crop(amap)  # (h, w): the pad is never a region
     regions = scale_regions(find_regions(amap, service.pixel_threshold), amap.shape, hw)
     if not mask:
         return {"regions": regions}

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from anomaly.models.postprocess import resize_images, upsample_maps
+from anomaly.geometry import letterbox_batch, maps_to_input
 from anomaly.utils import make_config, resolve_device
 
 MODEL_JSON = "model.json"
@@ -91,11 +91,12 @@ class Detector(ABC):
             raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
         if not self.model.fitted:
             raise RuntimeError(f"{type(self).__name__} is not fitted: predict called before fit (or load)")
-        x = resize_images(images.to(self.device, torch.float32), int(self.config.image_size))  # (B, 3, S, S)
+        size = int(self.config.image_size)
+        x = letterbox_batch(images.to(self.device, torch.float32), size)  # (B, 3, S, S), aspect kept
         if self.model.training:  # eval() walks every submodule (~0.5 ms for a backbone): only when needed
             self.model.eval()
         scores, maps = self.model(x)  # (B,), (B, S, S)
-        maps = upsample_maps(maps, tuple(images.shape[-2:]))  # (B, H, W)
+        maps = maps_to_input(maps, tuple(images.shape[-2:]), size)  # (B, H, W) on the input's pixels
         return Prediction(scores.float().cpu().numpy(), maps.float().cpu().numpy())
 
     def save(self, directory: str | Path) -> None:
