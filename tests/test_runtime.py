@@ -15,8 +15,10 @@ from anomaly.runs import check_run_dir
 
 @pytest.fixture
 def run(patchcore_run, tmp_path):
-    """A private copy of the session's tiny PatchCore run (export writes into the folder)."""
-    return load_run(shutil.copytree(patchcore_run, tmp_path / "run"))
+    """A private copy of the session's tiny PatchCore run (export writes into the folder), without any graph
+    that earlier tests cached in the shared run."""
+    ignore = shutil.ignore_patterns(E.ONNX_FILE, E.PARITY_FILE)
+    return load_run(shutil.copytree(patchcore_run, tmp_path / "run", ignore=ignore))
 
 
 def test_auto_picks_onnx_when_parity_passes_and_caches_the_graph(run, monkeypatch):
