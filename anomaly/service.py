@@ -171,7 +171,6 @@ def _load_service(run_dir: Path, runtime: str, threads: int) -> _Service:
 
 def _decision(run_dir: Path) -> dict[str, Any]:
     """How the threshold was set: the scalar fields of ``threshold.json`` (target FRR, estimator, n scores, ...)."""
-    from anomaly.utils import read_json
 
     record = read_json(run_dir / "threshold.json")
     return {k: v for k, v in record.items() if v is None or isinstance(v, (bool, int, float, str))}

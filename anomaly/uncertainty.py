@@ -28,7 +28,7 @@ def uncertainty_metrics(out: dict[str, np.ndarray], samples: Sequence[Any], thre
     Args:
         out: ``labels`` (N,), ``image_scores`` (N,), ``anomaly_maps`` and ``gt_masks`` (N, H, W).
         samples: the N test samples (their ``defect_type``), in the same order.
-        threshold: the validation threshold (for recall by type and by size).
+        threshold: the calibrated decision threshold (for recall by type and by size).
     """
     labels, scores = np.asarray(out["labels"]), np.asarray(out["image_scores"], dtype=np.float64)
     masks, maps = np.asarray(out["gt_masks"]), np.asarray(out["anomaly_maps"], dtype=np.float32)

@@ -223,7 +223,8 @@ def score_histogram(labels: np.ndarray, scores: np.ndarray, threshold: float,
                     validation_scores: np.ndarray | None = None) -> Figure:
     """Histograms of image scores, good vs defective, with the validation and ORACLE thresholds.
 
-    ``validation_scores``: the good validation (calibration) images' scores the threshold was fitted on,
+    ``validation_scores``: the good calibration scores the threshold was set from (cross-fitted training
+    images, or a validation split),
     drawn as an outline histogram.
     """
     labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
@@ -233,11 +234,11 @@ def score_histogram(labels: np.ndarray, scores: np.ndarray, threshold: float,
     edges = np.histogram_bin_edges(np.concatenate([scores, calib, [threshold]]), bins=bins)
     if calib.size:
         ax.hist(calib, bins=edges, histtype="step", linewidth=2, color="tab:blue",
-                label=f"good validation = calibration (n={calib.size})")
+                label=f"good, out-of-sample calibration (n={calib.size})")
     ax.hist(scores[labels == 0], bins=edges, alpha=0.6, color="tab:green", label=f"good (n={int((labels == 0).sum())})")
     ax.hist(scores[labels == 1], bins=edges, alpha=0.6, color="tab:red",
             label=f"defective (n={int((labels == 1).sum())})")
-    ax.axvline(threshold, color="black", linewidth=1.5, label=f"validation threshold {threshold:.4g}")
+    ax.axvline(threshold, color="black", linewidth=1.5, label=f"calibrated threshold {threshold:.4g}")
     if oracle_threshold is not None:
         ax.axvline(oracle_threshold, color="purple", linestyle="--", linewidth=1.5,
                    label=f"ORACLE F1 threshold {oracle_threshold:.4g} (uses test labels)")

@@ -99,7 +99,7 @@ def test_pro_figure_marks_the_limit(predictions):
 def test_score_histogram_shows_both_thresholds(predictions):
     fig = viz.score_histogram(predictions["labels"], predictions["image_scores"], 1.5, oracle_threshold=2.0)
     texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-    assert any("validation threshold" in t for t in texts) and any("ORACLE" in t for t in texts)
+    assert any("calibrated threshold" in t for t in texts) and any("ORACLE" in t for t in texts)
 
 
 def test_confusion_counts(predictions):
