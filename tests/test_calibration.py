@@ -66,6 +66,19 @@ def test_patchcore_crossfit_deploys_the_plain_fit():
     assert torch.equal(crossfit.memory_bank, plain.memory_bank)
 
 
+def test_patchcore_crossfit_is_exact():
+    """The held-out scores and maps (from cached features) equal a PatchCore fitted on the other folds."""
+    images = _textured(8, seed=4)
+    config = {"image_size": 64, "coreset_ratio": 0.25, "coreset_min_size": 0}
+    out = PatchCore(config).fit_crossfit(_loader(images, shuffle=True), folds=2, seed=3)
+    ids = fold_ids(8, 2, seed=3)
+    for fold in range(2):
+        others = PatchCore(config).fit(_loader(images[torch.as_tensor(ids != fold)]))
+        expected = others.predict(images[torch.as_tensor(ids == fold)])
+        np.testing.assert_allclose(out.image_scores[ids == fold], expected.image_scores, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(out.anomaly_maps[ids == fold], expected.anomaly_maps, rtol=1e-5, atol=1e-6)
+
+
 def test_padim_crossfit_is_exact():
     """The held-out scores equal those of a PaDiM fitted on the other folds only."""
     images = _textured(8, seed=2)

@@ -74,8 +74,11 @@ class GreedyCoresetSampler:
 
     def run(self, features: torch.Tensor) -> torch.Tensor:
         """Args: features (N, D). Returns: (k,) int64 indices in selection order."""
+        return self.select(features, coreset_size(features.shape[0], self.ratio, self.minimum))
+
+    def select(self, features: torch.Tensor, k: int) -> torch.Tensor:
+        """The greedy's first ``k`` picks among ``features`` (N, D): (min(k, N),) int64 indices."""
         n = features.shape[0]
-        k = coreset_size(n, self.ratio, self.minimum)
         if k >= n:
             return torch.arange(n)
         generator = torch.Generator().manual_seed(self.seed)
@@ -108,7 +111,8 @@ def lazy_greedy(x: torch.Tensor, sq: torch.Tensor, min_d2: torch.Tensor, k: int,
     starts = list(range(0, n, block_size))
     bound = torch.stack([min_d2[s:s + block_size].max() for s in starts])  # (n_blocks,) upper bounds
     applied = [0] * len(starts)  # selected points each block has been compared with
-    centres, centres_sq = x.new_empty(k, x.shape[1]), sq.new_empty(k)
+    rows = torch.cat([x, x.new_ones(n, 1)], dim=1)  # (N, d + 1): [x, 1]
+    centres = x.new_empty(k, x.shape[1] + 1)  # [-2 c, |c|^2]: rows @ centres.T = |c|^2 - 2 x.c
     selected = torch.empty(k, dtype=torch.long)
     for step in tqdm(range(k), desc="coreset", leave=False, mininterval=1.0):
         while True:
@@ -119,11 +123,12 @@ def lazy_greedy(x: torch.Tensor, sq: torch.Tensor, min_d2: torch.Tensor, k: int,
             block = min_d2[lo:hi]
             for c0 in range(applied[b], step, max_pending):
                 c1 = min(c0 + max_pending, step)
-                d2 = squared_distances(x[lo:hi], sq[lo:hi], centres[c0:c1], centres_sq[c0:c1])
-                torch.minimum(block, d2.min(1).values, out=block)
+                partial = (centres[c0:c1] @ rows[lo:hi].T).amin(0)  # (hi - lo,)
+                torch.minimum(block, partial.float().add_(sq[lo:hi]).clamp_(min=0.0), out=block)
             bound[b], applied[b] = block.max(), step
         i = starts[b] + int(torch.argmax(min_d2[starts[b]:starts[b] + block_size]))
-        selected[step], centres[step], centres_sq[step] = i, x[i], sq[i]
+        selected[step] = i
+        centres[step, :-1], centres[step, -1] = -2.0 * x[i], sq[i]
         min_d2[i] = float("-inf")
     return selected
 

@@ -27,13 +27,15 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from anomaly.features import DEFAULT_BACKBONE, FeatureExtractor
-from anomaly.models.base import Detector, Prediction, fold_ids, model_buffer, score_by_fold
+from anomaly.geometry import letterbox_batch, maps_to_input
+from anomaly.models.base import Detector, Prediction, fold_ids, model_buffer
 from anomaly.models.coreset import GreedyCoresetSampler, RandomSampler
-from anomaly.models.postprocess import gaussian_blur, resize_images, upsample_maps
+from anomaly.models.postprocess import gaussian_blur, upsample_maps
 
 logger = logging.getLogger(__name__)
 
 SAMPLERS = ("greedy", "random", "none")
+SCORE_BATCH = 8  # cached images scored per step when cross-fitting
 ALL_QUERIES = 2**31 - 1  # chunk size under ONNX export: one distance block, since a loop over blocks cannot be traced
 
 
@@ -127,8 +129,11 @@ class PatchCoreModel(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, S, S) in [0, 1] -> image scores (B,) by Eq. 7 and maps (B, S, S), smoothed."""
-        feats, (h, w) = self.patch_features(images)  # (B, P, C)
-        b, p, c = feats.shape
+        return self.score_patches(*self.patch_features(images))
+
+    def score_patches(self, feats: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, P, C) patch features on the (h, w) grid -> image scores (B,) and maps (B, S, S)."""
+        (h, w), (b, p, c) = grid, feats.shape
         chunk = ALL_QUERIES if torch.onnx.is_in_onnx_export() else self.chunk_size
         dist, nn_idx = nearest_neighbours(feats.reshape(-1, c), self.memory_bank, 1, chunk)  # (B * P, 1)
         dist, nn_idx = dist.view(b, p), nn_idx.view(b, p)  # (B, P)
@@ -155,19 +160,10 @@ class PatchCore(Detector):
 
     # -- fit -------------------------------------------------------------------------------------
     def _fit(self, train_loader: DataLoader) -> None:
-        features = []
-        for batch in tqdm(train_loader, desc="patchcore features", leave=False):
-            feats, _ = self._patch_features(batch["image"].to(self.device))
-            features.append(feats.flatten(0, 1).cpu())
-        features = torch.cat(features)  # (N, C) with N = images x patches
-        sampler = self._sampler()
-        if sampler is None:
-            self.memory_bank = features.to(self.device)
-        else:
-            indices = sampler.run(features.to(self.device))
-            self.memory_bank = features[indices.cpu()].to(self.device)
-        logger.info("memory bank: %d of %d patch features (%d dims)", len(self.memory_bank), len(features),
-                    features.shape[1])
+        feats, _, _ = self._features_by_image(train_loader)  # (n, P, C)
+        self.memory_bank = self._bank(feats.flatten(0, 1))
+        logger.info("memory bank: %d of %d patch features (%d dims)", len(self.memory_bank),
+                    feats.shape[0] * feats.shape[1], feats.shape[2])
 
     def _sampler(self) -> GreedyCoresetSampler | RandomSampler | None:
         cfg = self.config
@@ -182,41 +178,50 @@ class PatchCore(Detector):
     def fit_crossfit(self, train_loader: DataLoader, folds: int = 5, seed: int = 0) -> Prediction:
         """Fit on all images AND return each image's score from a bank built without its fold.
 
-        Features are extracted once; for every fold the coreset runs over the OTHER folds' patches
-        only, so an image's own patches are never in the bank that scores it. A second pass scores
-        every image with its fold's bank.
+        Features are extracted once: for every fold the coreset runs over the OTHER folds' patches
+        only, so an image's own patches are never in the bank that scores it, and the fold's
+        images are scored from their cached features (the same :meth:`PatchCoreModel.score_patches`
+        that ``predict`` runs). The deployed bank is then the plain fit's, from every image.
 
         Args:
             train_loader: dict batches with ``image`` and ``index``; every dataset image once.
             folds: number of folds (>= 2). seed: seeds the fold assignment.
 
         Returns:
-            Prediction: out-of-sample scores (n,) and maps (n, S, S) in dataset-index order.
+            Prediction: out-of-sample scores (n,) and maps (n, H, W) in dataset-index order.
         """
-        ids = fold_ids(len(train_loader.dataset), folds, seed)
-        feats = self._features_by_image(train_loader)  # (n, P, C)
-        banks = [self._bank(feats[torch.as_tensor(ids != f)].flatten(0, 1)) for f in range(folds)]
+        feats, grid, hw = self._features_by_image(train_loader)  # (n, P, C)
+        ids = torch.as_tensor(fold_ids(len(feats), folds, seed))
+        scores, maps, sizes = torch.empty(len(feats)), torch.empty(len(feats), *hw), []
+        for fold in range(folds):
+            self.memory_bank = self._bank(feats[ids != fold].flatten(0, 1))
+            sizes.append(len(self.memory_bank))
+            for rows in torch.nonzero(ids == fold).flatten().split(SCORE_BATCH):
+                with torch.no_grad():
+                    out_scores, out_maps = self.model.score_patches(feats[rows].to(self.device), grid)
+                scores[rows] = out_scores.cpu()
+                maps[rows] = maps_to_input(out_maps, hw, self.config.image_size).cpu()
         self.memory_bank = self._bank(feats.flatten(0, 1))
-        deployed = self.memory_bank
-        del feats
-
-        def activate(fold: int) -> None:
-            self.memory_bank = banks[fold]
-
-        out = score_by_fold(self, train_loader, ids, activate)
-        self.memory_bank = deployed
-        logger.info("cross-fit: %d folds, banks of %s patches", folds, [len(b) for b in banks])
-        return out
+        logger.info("cross-fit: %d folds, banks of %s patches; deployed bank %d", folds, sizes, len(self.memory_bank))
+        return Prediction(scores.numpy(), maps.numpy())
 
     @torch.inference_mode()
-    def _features_by_image(self, loader: DataLoader) -> torch.Tensor:
-        """(n, P, C) patch features of every dataset image, row i = dataset index i (on the CPU)."""
-        parts, index = [], []
+    def _features_by_image(self, loader: DataLoader) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
+        """Patch features (n, P, C) of every image on the CPU, the grid (h, w) and the images' (H, W).
+
+        Row i is dataset index i when the batches carry ``index``; otherwise the loader's order.
+        """
+        parts, index, grid, hw = [], [], None, None
         for batch in tqdm(loader, desc="patchcore features", leave=False):
-            parts.append(self._patch_features(batch["image"].to(self.device))[0].cpu())  # (B, P, C)
-            index.append(batch["index"])
+            images = batch["image"]
+            feats, grid = self._patch_features(images.to(self.device))
+            parts.append(feats.cpu())  # (B, P, C)
+            index.append(batch["index"] if "index" in batch else torch.arange(len(images)) + sum(map(len, index)))
+            hw = tuple(images.shape[-2:])
+        if not parts:
+            raise ValueError("PatchCore needs at least one training image; the loader is empty")
         feats = torch.cat(parts)
-        return feats[torch.argsort(torch.cat(index))]
+        return feats[torch.argsort(torch.cat(index))], grid, hw
 
     def _bank(self, features: torch.Tensor) -> torch.Tensor:
         """Memory bank (M, C) on the device: the configured sampler's subset of ``features`` (N, C)."""
@@ -226,8 +231,8 @@ class PatchCore(Detector):
         return features[sampler.run(features.to(self.device)).cpu()].to(self.device)
 
     def _patch_features(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """(B, 3, H, W) in [0, 1] -> (B, P, C) patch features at ``image_size`` and the grid (h, w)."""
-        return self.model.patch_features(resize_images(images, self.config.image_size))
+        """(B, 3, H, W) in [0, 1] -> (B, P, C) patch features at ``image_size`` (letterboxed) and the grid (h, w)."""
+        return self.model.patch_features(letterbox_batch(images.float(), self.config.image_size))
 
     # -- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
