@@ -146,6 +146,13 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     print(table)
 
 
+def cmd_ablation(args: argparse.Namespace) -> None:
+    from anomaly.ablation import run_ablation
+
+    print(run_ablation(args.data, args.categories.split(","), Path(args.out),
+                       args.variants.split(",") if args.variants else None, device=args.device))
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from anomaly.report import build_report
 
@@ -245,6 +252,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reuse pairs whose run folder is complete and has metrics.json of its own model")
     _add_common(p)
     p.set_defaults(func=cmd_benchmark)
+
+    p = sub.add_parser("ablation", help="PatchCore variants, one change at a time, against the defaults")
+    p.add_argument("--data", required=True)
+    p.add_argument("--categories", required=True, help="comma-separated")
+    p.add_argument("--out", required=True, help="OUT/ablation.md, OUT/ablation.json; finished variants are reused")
+    p.add_argument("--variants", help="comma-separated subset of anomaly.ablation.VARIANTS (default: all)")
+    _add_common(p)
+    p.set_defaults(func=cmd_ablation)
 
     p = sub.add_parser("report", help="run every notebook with papermill into executed notebooks + HTML")
     p.add_argument("--out", default="reports", help="where executed notebooks, HTML and index.html go")

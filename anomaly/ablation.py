@@ -1,0 +1,179 @@
+"""PatchCore ablation: one change at a time from the defaults, scored on the same test images.
+
+``anomaly ablation --data ROOT --categories screw,bottle --out DIR`` fits every variant of
+:data:`VARIANTS` on all of ``train/good`` (a plain fit: ranking metrics need no threshold, so no
+calibration), scores the test split and reports image AUROC, pixel AUROC and AUPRO (FPR <= 0.3)
+with 95 % bootstrap intervals, and each variant's paired-bootstrap difference from ``default`` on
+the same images (:func:`anomaly.bootstrap.paired_margins`) -- the evidence a change of default
+needs, regressions included. Maps and masks are compared at one resolution (:data:`EVAL_SIZE`)
+whatever the variant's input size. Fit seconds (plain fit, not the cross-fitted default) and
+PyTorch milliseconds per test image are recorded beside the load average, as costs.
+
+Nothing here is tuned on test labels by a program: the table is for a person to read, over
+several categories, before changing a default in :class:`anomaly.models.patchcore.PatchCoreConfig`.
+Each (category, variant) is kept in ``DIR/<category>/<variant>.npz`` so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from anomaly import bootstrap as B
+from anomaly import data as D
+from anomaly import metrics as M
+from anomaly.evidence import fmt_ci, to_markdown
+from anomaly.models.patchcore import PatchCore
+from anomaly.pipeline import make_loader
+from anomaly.utils import resolve_device, write_json
+
+logger = logging.getLogger(__name__)
+
+EVAL_SIZE = 320  # maps and masks compared at this side whatever the variant's input size
+FLIP = "flip_tta"  # not a PatchCore parameter: average the maps and scores of the image and its mirror
+VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "size-256": {"image_size": 256},
+    "size-384": {"image_size": 384},
+    "lite1": {"backbone": "efficientnet_lite1"},
+    "lite2": {"backbone": "efficientnet_lite2"},
+    "strides-8": {"strides": [8]},
+    "strides-8-16-32": {"strides": [8, 16, 32]},
+    "layer-dim-128": {"layer_dim": 128},
+    "max-score": {"num_neighbors": 1},
+    "k-3": {"num_neighbors": 3},
+    "sigma-2": {"smooth_sigma": 2.0},
+    "coreset-2pct": {"coreset_ratio": 0.02},
+    "flip-tta": {FLIP: True},
+}
+METRICS = ("image_auroc", "pixel_auroc", "aupro")
+
+
+def run_ablation(data: str | Path, categories: Sequence[str], out: str | Path, variants: Sequence[str] | None = None,
+                 device: str = "auto", batch_size: int = 8) -> str:
+    """Run every (category, variant) not already in ``out`` and return the Markdown table (also written)."""
+    variants = list(variants or VARIANTS)
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown ablation variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    if "default" not in variants:
+        variants.insert(0, "default")  # every difference is taken against it
+    out = Path(out)
+    rows = []
+    for category in categories:
+        splits = D.load_splits(data, category, val_fraction=0.0)
+        masks = _eval_masks(splits.test)
+        predictions = {}
+        for name in variants:
+            path = out / category / f"{name}.npz"
+            if not path.is_file():
+                _save(path, _run_variant(splits, name, resolve_device(device), batch_size))
+            predictions[name] = _load(path, masks)
+        rows += _rows(category, predictions)
+    frame = pd.DataFrame(rows)
+    write_json(out / "ablation.json", {"eval_size": EVAL_SIZE, "variants": {v: VARIANTS[v] for v in variants},
+                                       "rows": frame.to_dict(orient="records")})
+    table = ablation_markdown(frame)
+    (out / "ablation.md").write_text(table + "\n")
+    return table
+
+
+def _run_variant(splits: D.Splits, name: str, device: torch.device, batch_size: int) -> dict[str, Any]:
+    """Fit the variant on train/good and score the test split; scores, maps at EVAL_SIZE and costs."""
+    params = {k: v for k, v in VARIANTS[name].items() if k != FLIP}
+    detector = PatchCore(params, device=device)
+    size = detector.config.image_size
+    load_before = os.getloadavg()[0]
+    start = time.perf_counter()
+    detector.fit(make_loader(splits.train, size, batch_size))
+    fit_seconds = time.perf_counter() - start
+    scores, maps, seconds = [], [], 0.0
+    for batch in make_loader(splits.test, size, batch_size):
+        start = time.perf_counter()
+        s, m = _predict(detector, batch["image"], VARIANTS[name].get(FLIP, False))
+        seconds += time.perf_counter() - start
+        scores.append(s)
+        maps.append(F.interpolate(torch.from_numpy(m)[:, None], size=(EVAL_SIZE, EVAL_SIZE), mode="bilinear",
+                                  align_corners=False)[:, 0].numpy().astype(np.float16))
+    logger.info("%s: fit %.1f s, %.1f ms per test image", name, fit_seconds, 1000 * seconds / len(splits.test))
+    return {"image_scores": np.concatenate(scores), "anomaly_maps": np.concatenate(maps),
+            "labels": np.array([s.label for s in splits.test]), "fit_seconds": fit_seconds,
+            "ms_per_image": 1000 * seconds / len(splits.test), "load": [load_before, os.getloadavg()[0]]}
+
+
+def _predict(detector: PatchCore, images: torch.Tensor, flip: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Scores (B,) and maps (B, S, S); with ``flip`` the mean over the image and its left-right mirror."""
+    out = detector.predict(images)
+    if not flip:
+        return out.image_scores, out.anomaly_maps
+    mirrored = detector.predict(images.flip(-1))
+    return (out.image_scores + mirrored.image_scores) / 2, (out.anomaly_maps + mirrored.anomaly_maps[..., ::-1]) / 2
+
+
+def _eval_masks(samples: Sequence[D.Sample]) -> np.ndarray:
+    """(N, EVAL_SIZE, EVAL_SIZE) uint8 ground-truth masks, letterboxed like the images."""
+    dataset = D.AnomalyDataset(list(samples), EVAL_SIZE)
+    return np.stack([dataset[i]["mask"].numpy() for i in range(len(dataset))]).astype(np.uint8)
+
+
+def _save(path: Path, result: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial.npz")
+    np.savez_compressed(partial, **{k: np.asarray(v) for k, v in result.items()})
+    partial.replace(path)  # a half-written file never looks complete
+
+
+def _load(path: Path, masks: np.ndarray) -> dict[str, Any]:
+    with np.load(path) as f:
+        out = {k: f[k] for k in f.files}
+    out["gt_masks"] = masks
+    out["anomaly_maps"] = out["anomaly_maps"].astype(np.float32)
+    return out
+
+
+def _rows(category: str, predictions: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per variant: metrics with bootstrap intervals and the paired difference from ``default``."""
+    base = predictions["default"]
+    rows = []
+    for name, pred in predictions.items():
+        binned = B.bin_maps(pred["gt_masks"], pred["anomaly_maps"])
+        weights = B.stratified_weights(pred["labels"])
+        samples = B.metric_samples(pred["labels"], pred["image_scores"], binned, weights)
+        row = {"category": category, "variant": name, "fit_seconds": float(pred["fit_seconds"]),
+               "ms_per_image": float(pred["ms_per_image"]), "load": [float(x) for x in pred["load"]]}
+        row["image_auroc"] = M.image_auroc(pred["labels"], pred["image_scores"])
+        row["pixel_auroc"] = M.pixel_auroc(pred["gt_masks"], pred["anomaly_maps"])
+        row["aupro"] = M.aupro(pred["gt_masks"], pred["anomaly_maps"])
+        for key in METRICS:
+            row[f"{key}_ci"] = B.percentile_interval(samples[key])
+        diff = B.paired_margins(pred, base) if name != "default" else {}
+        for key in METRICS:
+            row[f"{key}_delta"] = diff.get(key, {}).get("margin")
+            row[f"{key}_delta_ci"] = diff.get(key, {}).get("ci")
+        rows.append(row)
+    return rows
+
+
+def ablation_markdown(frame: pd.DataFrame) -> str:
+    """The table: per category and variant, each metric with its interval and its difference from default."""
+    table = pd.DataFrame({
+        "category": frame["category"], "variant": frame["variant"],
+        **{key: [fmt_ci(v, ci) for v, ci in zip(frame[key], frame[f"{key}_ci"])] for key in METRICS},
+        **{f"Δ {key}": [fmt_ci(v, ci, signed=True) for v, ci in zip(frame[f"{key}_delta"], frame[f"{key}_delta_ci"])]
+           for key in METRICS},
+        "fit s": frame["fit_seconds"].round(1), "ms/img": frame["ms_per_image"].round(1)})
+    return to_markdown(table.set_index(["category", "variant"]))
+
+
+def read_ablation(out: str | Path) -> pd.DataFrame:
+    """The rows of ``out/ablation.json`` as a DataFrame."""
+    return pd.DataFrame(json.loads((Path(out) / "ablation.json").read_text())["rows"])

@@ -1,0 +1,45 @@
+"""The PatchCore ablation: a table against the defaults, paired differences, resume, bad variants."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from anomaly import ablation as A
+from anomaly.cli import main
+
+SMALL = {"default": {"image_size": 64}, "max-score": {"image_size": 64, "num_neighbors": 1},
+         "flip-tta": {"image_size": 64, A.FLIP: True}}
+
+
+@pytest.fixture
+def small(monkeypatch):
+    monkeypatch.setattr(A, "VARIANTS", SMALL)
+    monkeypatch.setattr(A, "EVAL_SIZE", 64)
+
+
+def test_table_against_defaults_and_resume(small, synthetic_root, tmp_path, monkeypatch):
+    table = A.run_ablation(synthetic_root, ["texture"], tmp_path, ["max-score", "flip-tta"], device="cpu")
+    frame = A.read_ablation(tmp_path)
+    assert list(frame["variant"]) == ["default", "max-score", "flip-tta"]  # default added: the reference
+    assert pd.isna(frame.loc[0, "image_auroc_delta"])
+    for _, row in frame.iloc[1:].iterrows():
+        lo, hi = row["image_auroc_delta_ci"]
+        assert lo <= row["image_auroc_delta"] <= hi
+        assert 0 <= row["aupro"] <= 1 and row["fit_seconds"] > 0
+    assert "| texture | flip-tta |" in table and (tmp_path / "ablation.md").read_text().strip() == table
+
+    def refit(*args, **kwargs):
+        raise AssertionError("a finished variant was fitted again")
+
+    monkeypatch.setattr(A, "_run_variant", refit)
+    assert A.run_ablation(synthetic_root, ["texture"], tmp_path, ["max-score", "flip-tta"], device="cpu") == table
+
+
+def test_unknown_variant_is_refused(small, synthetic_root, tmp_path, capsys):
+    with pytest.raises(ValueError, match="unknown ablation variant"):
+        A.run_ablation(synthetic_root, ["texture"], tmp_path, ["bogus"])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["ablation", "--data", str(synthetic_root), "--categories", "texture", "--out", str(tmp_path),
+              "--variants", "bogus"])
+    assert exit_info.value.code == 2 and "unknown ablation variant" in capsys.readouterr().err
