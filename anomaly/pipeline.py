@@ -79,7 +79,7 @@ def make_loader(samples: Sequence[D.Sample], image_size: int, batch_size: int, s
 
 def predict_loader(detector: Detector, loader: DataLoader, desc: str = "predict") -> dict[str, np.ndarray]:
     """Score every batch of ``loader``; returns scores (N,), maps (N,H,W), masks (N,H,W), labels (N,), ms/img."""
-    scores, maps, masks, labels, seconds = [], [], [], [], 0.0
+    scores, maps, masks, labels, hws, seconds = [], [], [], [], [], 0.0
     for batch in tqdm(loader, desc=desc, leave=False):
         start = time.perf_counter()
         out = detector.predict(batch["image"])
@@ -88,10 +88,30 @@ def predict_loader(detector: Detector, loader: DataLoader, desc: str = "predict"
         maps.append(zero_pad(out.anomaly_maps.astype(np.float32), batch.get("hw")))  # float16 only when written
         masks.append(batch["mask"].numpy().astype(np.uint8))
         labels.append(np.asarray(batch["label"]))
+        hws.append(np.asarray(batch["hw"]) if "hw" in batch else np.zeros((len(out.image_scores), 2), np.int64))
     n = sum(len(s) for s in scores)
     return {"image_scores": np.concatenate(scores).astype(np.float64), "anomaly_maps": np.concatenate(maps),
             "gt_masks": np.concatenate(masks), "labels": np.concatenate(labels).astype(np.int64),
-            "ms_per_image": 1000.0 * seconds / max(n, 1)}
+            "hw": np.concatenate(hws), "ms_per_image": 1000.0 * seconds / max(n, 1)}
+
+
+def image_area_only(out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``out`` with maps and masks cropped to the image's area of the canvas, for pixel metrics.
+
+    The letterbox pad of non-square images is not part of the part: counted, its zeroed pixels would
+    be easy true negatives that inflate pixel AUROC and AUPRO. When every image has the same
+    non-square (H, W) -- one camera, as in MVTec AD -- the pad is cropped away; with mixed sizes the
+    canvas is kept (pad zeroed) and a warning says the pixel metrics count the pad as background.
+    """
+    sizes = {tuple(hw) for hw in np.asarray(out.get("hw", np.zeros((0, 2)))).tolist()}
+    if len(sizes) != 1 or next(iter(sizes))[0] == next(iter(sizes))[1]:
+        if any(h != w for h, w in sizes):
+            logger.warning("test images of %d different sizes: pixel metrics count the letterbox pad as "
+                           "background", len(sizes))
+        return out
+    (h, w), size = sizes.pop(), out["anomaly_maps"].shape[-1]
+    box = Letterbox(int(h), int(w), int(size))
+    return {**out, "anomaly_maps": box.crop(out["anomaly_maps"]), "gt_masks": box.crop(out["gt_masks"])}
 
 
 def zero_pad(maps: np.ndarray, hws: torch.Tensor | None) -> np.ndarray:
@@ -168,7 +188,7 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", data: str | Path | N
     scorer, used = select_scorer(run, runtime, threads=threads)
     out = predict_loader(scorer, make_loader(splits.test, run.image_size, cfg["batch_size"]), desc="test")
     decision = read_dict(Path(run_dir) / "threshold.json", ("threshold",))
-    metrics = evaluation_metrics(out, splits.test, decision)
+    metrics = evaluation_metrics(image_area_only(out), splits.test, decision)
     fit_info = read_dict(Path(run_dir) / "fit.json", ("fit_seconds",))
     metrics.update({"method": cfg["method"], "category": cfg["category"], "fit_seconds": fit_info["fit_seconds"],
                     "predict_ms_per_image": out["ms_per_image"], "predict_runtime": used, "peak_rss_mib": peak_rss_mib(),

@@ -13,7 +13,7 @@ from PIL import Image
 from anomaly import data as D
 from anomaly.geometry import Letterbox, letterbox_batch, maps_to_input
 from anomaly.models.postprocess import resize_images
-from anomaly.pipeline import load_run, predict_paths, zero_pad
+from anomaly.pipeline import image_area_only, load_run, predict_paths, zero_pad
 from anomaly.regions import find_regions
 
 
@@ -120,3 +120,14 @@ def test_predict_maps_a_non_square_file_back_to_its_pixels(patchcore_run, tmp_pa
     for region in record["regions"]:
         x0, y0, x1, y1 = region["bbox"]
         assert 0 <= x0 <= x1 < 90 and 0 <= y0 <= y1 < 30
+
+
+def test_pixel_metrics_leave_the_pad_out():
+    """One non-square size: maps and masks cropped to the image's area; square or mixed sizes: unchanged."""
+    maps, masks = np.random.rand(3, 80, 80).astype(np.float32), np.zeros((3, 80, 80), np.uint8)
+    out = {"anomaly_maps": maps, "gt_masks": masks, "hw": np.array([[40, 80]] * 3)}
+    cropped = image_area_only(out)
+    assert cropped["anomaly_maps"].shape == (3, 40, 80) and cropped["gt_masks"].shape == (3, 40, 80)
+    np.testing.assert_array_equal(cropped["anomaly_maps"], maps[:, 20:60])
+    for hw in ([[64, 64]] * 3, [[40, 80], [80, 40], [40, 80]]):
+        assert image_area_only({**out, "hw": np.array(hw)})["anomaly_maps"].shape == (3, 80, 80)
