@@ -52,6 +52,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "max-score": {"num_neighbors": 1},
     "k-3": {"num_neighbors": 3},
     "sigma-2": {"smooth_sigma": 2.0},
+    "sigma-6": {"smooth_sigma": 6.0},
+    "sigma-8": {"smooth_sigma": 8.0},
     "coreset-2pct": {"coreset_ratio": 0.02},
     "flip-tta": {FLIP: True},
 }
@@ -84,6 +86,7 @@ def run_ablation(data: str | Path, categories: Sequence[str], out: str | Path, v
                                        "rows": frame.to_dict(orient="records")})
     table = ablation_markdown(frame)
     (out / "ablation.md").write_text(table + "\n")
+    (out / "summary.md").write_text(summary_markdown(frame) + "\n")
     return table
 
 
@@ -172,6 +175,30 @@ def ablation_markdown(frame: pd.DataFrame) -> str:
            for key in METRICS},
         "fit s": frame["fit_seconds"].round(1), "ms/img": frame["ms_per_image"].round(1)})
     return to_markdown(table.set_index(["category", "variant"]))
+
+
+def summary_markdown(frame: pd.DataFrame, metrics: Sequence[str] = ("image_auroc", "aupro")) -> str:
+    """Variants (rows) x (category, metric) differences from default with their paired intervals.
+
+    A difference whose interval excludes 0 is in bold: the only ones the data distinguish from noise.
+    """
+    def cell(row: pd.Series, key: str) -> str:
+        text = fmt_ci(row[f"{key}_delta"], row[f"{key}_delta_ci"], signed=True)
+        lo, hi = row[f"{key}_delta_ci"] if isinstance(row[f"{key}_delta_ci"], list) else (0, 0)
+        return f"**{text}**" if lo > 0 or hi < 0 else text
+
+    short = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO"}
+    table = {}
+    for category, part in frame.groupby("category", sort=False):
+        part = part.set_index("variant")
+        base = part.loc["default"]
+        for key in metrics:
+            column = f"{category} {short[key]} ({base[key]:.3f})"
+            table[column] = {v: cell(r, key) if v != "default" else "" for v, r in part.iterrows()}
+    first = frame[frame["category"] == frame["category"].iloc[0]].set_index("variant")
+    table[f"{frame['category'].iloc[0]} fit s / ms per image"] = {
+        v: f"{r['fit_seconds']:.1f} / {r['ms_per_image']:.1f}" for v, r in first.iterrows()}
+    return to_markdown(pd.DataFrame(table).rename_axis("variant"))
 
 
 def read_ablation(out: str | Path) -> pd.DataFrame:

@@ -18,6 +18,7 @@ buffer): its ``forward`` is what ``PatchCore.predict`` runs and what ``anomaly e
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +30,7 @@ from tqdm.auto import tqdm
 from anomaly.features import DEFAULT_BACKBONE, FeatureExtractor
 from anomaly.geometry import letterbox_batch, maps_to_input
 from anomaly.models.base import Detector, Prediction, fold_ids, model_buffer
-from anomaly.models.coreset import GreedyCoresetSampler, RandomSampler
+from anomaly.models.coreset import GreedyCoresetSampler, RandomSampler, torch_threads
 from anomaly.models.postprocess import gaussian_blur, upsample_maps
 
 logger = logging.getLogger(__name__)
@@ -181,7 +182,9 @@ class PatchCore(Detector):
         Features are extracted once: for every fold the coreset runs over the OTHER folds' patches
         only, so an image's own patches are never in the bank that scores it, and the fold's
         images are scored from their cached features (the same :meth:`PatchCoreModel.score_patches`
-        that ``predict`` runs). The deployed bank is then the plain fit's, from every image.
+        that ``predict`` runs). The deployed bank is then the plain fit's, from every image. The
+        ``folds + 1`` greedy coresets are independent and single-threaded (see
+        :func:`~anomaly.models.coreset.torch_threads`), so they run side by side, one per core.
 
         Args:
             train_loader: dict batches with ``image`` and ``index``; every dataset image once.
@@ -192,17 +195,21 @@ class PatchCore(Detector):
         """
         feats, grid, hw = self._features_by_image(train_loader)  # (n, P, C)
         ids = torch.as_tensor(fold_ids(len(feats), folds, seed))
-        scores, maps, sizes = torch.empty(len(feats)), torch.empty(len(feats), *hw), []
-        for fold in range(folds):
-            self.memory_bank = self._bank(feats[ids != fold].flatten(0, 1))
-            sizes.append(len(self.memory_bank))
+        subset = lambda fold: self._bank((feats if fold is None else feats[ids != fold]).flatten(0, 1))
+        cores = torch.get_num_threads()
+        with torch_threads(1), ThreadPoolExecutor(max_workers=max(1, min(cores, folds + 1))) as pool:
+            banks = list(pool.map(subset, [None, *range(folds)]))  # the deployed bank first: the longest job
+        scores, maps = torch.empty(len(feats)), torch.empty(len(feats), *hw)
+        for fold, bank in enumerate(banks[1:]):
+            self.memory_bank = bank
             for rows in torch.nonzero(ids == fold).flatten().split(SCORE_BATCH):
                 with torch.no_grad():
                     out_scores, out_maps = self.model.score_patches(feats[rows].to(self.device), grid)
                 scores[rows] = out_scores.cpu()
                 maps[rows] = maps_to_input(out_maps, hw, self.config.image_size).cpu()
-        self.memory_bank = self._bank(feats.flatten(0, 1))
-        logger.info("cross-fit: %d folds, banks of %s patches; deployed bank %d", folds, sizes, len(self.memory_bank))
+        self.memory_bank = banks[0]
+        logger.info("cross-fit: %d folds, banks of %s patches; deployed bank %d", folds, [len(b) for b in banks[1:]],
+                    len(banks[0]))
         return Prediction(scores.numpy(), maps.numpy())
 
     @torch.inference_mode()
