@@ -100,6 +100,7 @@ def _run_variant(splits: D.Splits, name: str, device: torch.device, batch_size: 
     detector.fit(make_loader(splits.train, size, batch_size))
     fit_seconds = time.perf_counter() - start
     scores, maps, seconds = [], [], 0.0
+    detector.predict(torch.rand(1, 3, size, size))  # warm-up: the first call pays for thread pools and caches
     for batch in make_loader(splits.test, size, batch_size):
         start = time.perf_counter()
         s, m = _predict(detector, batch["image"], VARIANTS[name].get(FLIP, False))
