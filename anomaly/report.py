@@ -151,11 +151,16 @@ def plan_jobs(sources: Sequence[Path], data: str, category: str, runs_dir: str, 
     """Expand notebooks into jobs with their parameters; validates ``overrides`` against the notebooks."""
     defaults = PROFILES[profile]
     run_dirs = {m: f"{runs_dir}/{m}" for m in METHODS}
-    known = {p: set(papermill.inspect_notebook(str(p))) for p in sources}
+    inspected = {p: papermill.inspect_notebook(str(p)) for p in sources}
+    known = {p: set(params) for p, params in inspected.items()}
     unknown = sorted(set(overrides) - set().union(*known.values()))
     if unknown:
         valid = ", ".join(sorted(set().union(*known.values())))
         raise ValueError(f"unknown notebook parameter(s) {', '.join(map(repr, unknown))}; valid: {valid}")
+    for params in inspected.values():
+        for name, value in overrides.items():
+            if name in params:
+                check_parameter(params[name], value)
     jobs = []
     for source in sources:
         common = {"data": data, "category": category, "run_dirs": list(run_dirs.values()),
@@ -167,6 +172,27 @@ def plan_jobs(sources: Sequence[Path], data: str, category: str, runs_dir: str, 
             merged = {**common, **extra, **overrides}
             jobs.append(Job(source, stem, {k: v for k, v in merged.items() if k in known[source]}))
     return jobs
+
+
+_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "list": (list,), "dict": (dict,)}
+
+
+def check_parameter(spec: dict[str, Any], value: Any) -> None:
+    """Raise ValueError unless ``value`` has the type of the notebook parameter ``spec`` (papermill's inspection).
+
+    The type is the one its help comment states (``int or None: ...``) or, without one, the type of
+    its default; parameters whose default is None and whose help states no type are not checked.
+    """
+    help_text, inferred = spec.get("help") or "", spec.get("inferred_type_name") or ""
+    stated = help_text.split(":", 1)[0].split(" or ") if ":" in help_text else []
+    names = [t.strip() for t in stated if t.strip() in _TYPES or t.strip() == "None"] or [inferred.split("[")[0]]
+    if not any(n in _TYPES for n in names):
+        return
+    if value is None and "None" in names:
+        return
+    if any(isinstance(value, _TYPES[n]) and not (isinstance(value, bool) and n != "bool") for n in names if n in _TYPES):
+        return
+    raise ValueError(f"notebook parameter {spec['name']}={value!r}: expected {' or '.join(names)}")
 
 
 def export_html(notebook: Path) -> Path:

@@ -9,7 +9,7 @@ import pytest
 from papermill import PapermillExecutionError
 
 from anomaly import cli
-from anomaly.report import METHODS, build_report, plan_jobs, select_notebooks
+from anomaly.report import METHODS, build_report, check_parameter, plan_jobs, select_notebooks
 
 # Tiny everything: 64 px, 2 autoencoder epochs, two data-efficiency sizes, one example per case.
 TINY = {"image_size": 64, "epochs": 2, "efficiency_sizes": [3], "efficiency_seeds": 2, "n_examples": 2, "n_per_case": 2,
@@ -64,6 +64,18 @@ def test_unknown_parameter_is_an_error(tmp_path, synthetic_root):
     with pytest.raises(ValueError, match=r"unknown notebook parameter\(s\) 'epochz'; valid: .*epochs"):
         build_report(tmp_path, data=synthetic_root, params={"epochz": 3})
     assert not list(tmp_path.iterdir())  # nothing was executed
+
+
+def test_a_parameter_of_the_wrong_type_is_refused_before_any_notebook_runs(tmp_path, synthetic_root):
+    for params, message in [({"seed": "zero"}, r"seed='zero': expected int"),
+                            ({"epochs": 2.5}, r"epochs=2.5: expected int or None"),
+                            ({"seed": True}, r"seed=True: expected int"),
+                            ({"efficiency_sizes": 5}, r"efficiency_sizes=5: expected list")]:
+        with pytest.raises(ValueError, match=message):
+            build_report(tmp_path, data=synthetic_root, params=params)
+    assert not list(tmp_path.iterdir())
+    assert check_parameter({"name": "epochs", "help": "int or None: epochs", "inferred_type_name": "None"}, None) is None
+    assert check_parameter({"name": "lr", "help": "rate", "inferred_type_name": "float"}, 3) is None
 
 
 def test_unknown_notebook_is_an_error(tmp_path, synthetic_root):
