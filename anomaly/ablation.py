@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 EVAL_SIZE = 320  # maps and masks compared at this side whatever the variant's input size
 FLIP = "flip_tta"  # not a PatchCore parameter: average the maps and scores of the image and its mirror
+ENSEMBLE = "ensemble"  # members (variants); each scaled by its own cross-fitted good scores, then averaged
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
     "size-256": {"image_size": 256},
@@ -56,6 +57,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "sigma-8": {"smooth_sigma": 8.0},
     "coreset-2pct": {"coreset_ratio": 0.02},
     "flip-tta": {FLIP: True},
+    "ensemble-lite0-lite2": {ENSEMBLE: [{}, {"backbone": "efficientnet_lite2"}]},
 }
 METRICS = ("image_auroc", "pixel_auroc", "aupro")
 
@@ -92,26 +94,45 @@ def run_ablation(data: str | Path, categories: Sequence[str], out: str | Path, v
 
 def _run_variant(splits: D.Splits, name: str, device: torch.device, batch_size: int) -> dict[str, Any]:
     """Fit the variant on train/good and score the test split; scores, maps at EVAL_SIZE and costs."""
-    params = {k: v for k, v in VARIANTS[name].items() if k != FLIP}
-    detector = PatchCore(params, device=device)
-    size = detector.config.image_size
+    members = VARIANTS[name].get(ENSEMBLE) or [VARIANTS[name]]
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
-    detector.fit(make_loader(splits.train, size, batch_size))
+    fitted = [_fit_member(splits, member, device, batch_size, normalise=len(members) > 1) for member in members]
     fit_seconds = time.perf_counter() - start
+    size = max(detector.config.image_size for detector, _, _ in fitted)
+    for detector, _, _ in fitted:  # warm-up: the first call pays for thread pools and caches
+        detector.predict(torch.rand(1, 3, size, size))
     scores, maps, seconds = [], [], 0.0
-    detector.predict(torch.rand(1, 3, size, size))  # warm-up: the first call pays for thread pools and caches
     for batch in make_loader(splits.test, size, batch_size):
         start = time.perf_counter()
-        s, m = _predict(detector, batch["image"], VARIANTS[name].get(FLIP, False))
+        parts = [_predict(detector, batch["image"], flip) for detector, flip, _ in fitted]
         seconds += time.perf_counter() - start
-        scores.append(s)
-        maps.append(F.interpolate(torch.from_numpy(m)[:, None], size=(EVAL_SIZE, EVAL_SIZE), mode="bilinear",
+        scores.append(np.mean([s / scale[0] for (s, _), (_, _, scale) in zip(parts, fitted)], axis=0))
+        mean_map = np.mean([m / scale[1] for (_, m), (_, _, scale) in zip(parts, fitted)], axis=0)
+        maps.append(F.interpolate(torch.from_numpy(mean_map)[:, None], size=(EVAL_SIZE, EVAL_SIZE), mode="bilinear",
                                   align_corners=False)[:, 0].numpy().astype(np.float16))
     logger.info("%s: fit %.1f s, %.1f ms per test image", name, fit_seconds, 1000 * seconds / len(splits.test))
     return {"image_scores": np.concatenate(scores), "anomaly_maps": np.concatenate(maps),
             "labels": np.array([s.label for s in splits.test]), "fit_seconds": fit_seconds,
             "ms_per_image": 1000 * seconds / len(splits.test), "load": [load_before, os.getloadavg()[0]]}
+
+
+def _fit_member(splits: D.Splits, member: dict[str, Any], device: torch.device, batch_size: int,
+                normalise: bool) -> tuple[PatchCore, bool, tuple[float, float]]:
+    """A fitted PatchCore, its flip flag and the (score, map) scales that put ensemble members on one footing.
+
+    Without ``normalise`` the scales are 1. With it, the member is cross-fitted (as ``anomaly fit``
+    does) and its scales are the median of its good calibration scores and the 99th percentile of
+    its good calibration map values -- good training images only, never the test split.
+    """
+    detector = PatchCore({k: v for k, v in member.items() if k != FLIP}, device=device)
+    loader = make_loader(splits.train, detector.config.image_size, batch_size)
+    if not normalise:
+        detector.fit(loader)
+        return detector, bool(member.get(FLIP, False)), (1.0, 1.0)
+    calibration = detector.fit_crossfit(loader)
+    scales = float(np.median(calibration.image_scores)), float(np.quantile(calibration.anomaly_maps, 0.99))
+    return detector, bool(member.get(FLIP, False)), scales
 
 
 def _predict(detector: PatchCore, images: torch.Tensor, flip: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,8 @@ from anomaly import ablation as A
 from anomaly.cli import main
 
 SMALL = {"default": {"image_size": 64}, "max-score": {"image_size": 64, "num_neighbors": 1},
-         "flip-tta": {"image_size": 64, A.FLIP: True}}
+         "flip-tta": {"image_size": 64, A.FLIP: True},
+         "ensemble": {A.ENSEMBLE: [{"image_size": 64}, {"image_size": 64, "strides": [8]}]}}
 
 
 @pytest.fixture
@@ -19,9 +20,9 @@ def small(monkeypatch):
 
 
 def test_table_against_defaults_and_resume(small, synthetic_root, tmp_path, monkeypatch):
-    table = A.run_ablation(synthetic_root, ["texture"], tmp_path, ["max-score", "flip-tta"], device="cpu")
+    table = A.run_ablation(synthetic_root, ["texture"], tmp_path, ["max-score", "flip-tta", "ensemble"], device="cpu")
     frame = A.read_ablation(tmp_path)
-    assert list(frame["variant"]) == ["default", "max-score", "flip-tta"]  # default added: the reference
+    assert list(frame["variant"]) == ["default", "max-score", "flip-tta", "ensemble"]  # default added: the reference
     assert pd.isna(frame.loc[0, "image_auroc_delta"])
     for _, row in frame.iloc[1:].iterrows():
         lo, hi = row["image_auroc_delta_ci"]
@@ -33,7 +34,7 @@ def test_table_against_defaults_and_resume(small, synthetic_root, tmp_path, monk
         raise AssertionError("a finished variant was fitted again")
 
     monkeypatch.setattr(A, "_run_variant", refit)
-    assert A.run_ablation(synthetic_root, ["texture"], tmp_path, ["max-score", "flip-tta"], device="cpu") == table
+    assert A.run_ablation(synthetic_root, ["texture"], tmp_path, ["max-score", "flip-tta", "ensemble"], device="cpu") == table
 
 
 def test_unknown_variant_is_refused(small, synthetic_root, tmp_path, capsys):
