@@ -195,10 +195,13 @@ class PatchCore(Detector):
         """
         feats, grid, hw = self._features_by_image(train_loader)  # (n, P, C)
         ids = torch.as_tensor(fold_ids(len(feats), folds, seed))
-        subset = lambda fold: self._bank((feats if fold is None else feats[ids != fold]).flatten(0, 1))
+
+        def bank_without(fold: int | None) -> torch.Tensor:  # None: the deployed bank, from every image
+            return self._bank((feats if fold is None else feats[ids != fold]).flatten(0, 1))
+
         cores = torch.get_num_threads()
         with torch_threads(1), ThreadPoolExecutor(max_workers=max(1, min(cores, folds + 1))) as pool:
-            banks = list(pool.map(subset, [None, *range(folds)]))  # the deployed bank first: the longest job
+            banks = list(pool.map(bank_without, [None, *range(folds)]))  # the deployed bank first: the longest job
         scores, maps = torch.empty(len(feats)), torch.empty(len(feats), *hw)
         for fold, bank in enumerate(banks[1:]):
             self.memory_bank = bank
