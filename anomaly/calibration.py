@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DataLoader
 
+from anomaly.data import image_hw
+from anomaly.geometry import Letterbox
 from anomaly.models import Detector
 from anomaly.rates import operating_point_metrics
 from anomaly.regions import region_metrics
@@ -70,9 +72,28 @@ def fit_and_calibrate(detector: Detector, train_loader: DataLoader, folds: int, 
         fit_seconds = time.perf_counter() - start
         scores, maps = _predict_all(detector, validation_loader)
         kind, note = "validation", "good validation images carved out of train/good, not used for the fit"
+    maps = pad_as_nan(maps, (validation_loader if not folds else train_loader).dataset)
     record = {"kind": kind, "folds": int(folds) if folds else None, "n_scores": int(len(scores)), "note": note,
               "scores": np.asarray(scores, dtype=np.float64).tolist(), "map_quantiles": map_tail_quantiles(maps)}
     return record, fit_seconds
+
+
+def pad_as_nan(maps: np.ndarray, dataset: object) -> np.ndarray:
+    """Canvas maps (N, S, S) of ``dataset``'s images with the letterbox pad of non-square ones set to NaN.
+
+    The pad is not part of the part: its pixels must not enter the pixel threshold's quantiles.
+    Datasets without ``samples`` (image files) are returned unchanged.
+    """
+    maps = np.asarray(maps, dtype=np.float32)
+    for i, sample in enumerate(getattr(dataset, "samples", None) or []):
+        h, w = image_hw(sample.image_path)
+        if h != w:
+            box = Letterbox(h, w, maps.shape[-1])
+            (ih, iw), (top, left) = box.inner, box.offset
+            keep = np.zeros(maps.shape[-2:], dtype=bool)
+            keep[top:top + ih, left:left + iw] = True
+            maps[i][~keep] = np.nan
+    return maps
 
 
 def _predict_all(detector: Detector, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:

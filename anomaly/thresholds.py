@@ -155,13 +155,15 @@ def map_tail_quantiles(maps: np.ndarray, levels: int = 121) -> dict:
     """Exact upper quantiles of the pooled pixel values of good calibration maps, for :func:`pixel_threshold`.
 
     Args:
-        maps: (N, H, W) float maps (cast to float32, never float16, before the quantiles).
+        maps: (N, H, W) float maps (cast to float32, never float16, before the quantiles); NaN marks
+            pixels that are not the part's (the letterbox pad of non-square images) and is left out.
 
     Returns:
         ``{"fpr": (levels,), "value": (levels,)}`` lists: ``value[i]`` is exceeded by ``fpr[i]`` of the pixels,
         for ``fpr`` log-spaced from 1e-6 to 0.5, plus the minimum, median and maximum (``"summary"``).
     """
-    values = np.sort(np.asarray(maps, dtype=np.float32).ravel())
+    values = np.asarray(maps, dtype=np.float32).ravel()
+    values = np.sort(values[~np.isnan(values)])
     if values.size == 0:
         raise ValueError("map_tail_quantiles needs calibration maps, got none")
     fpr = np.logspace(-6, math.log10(0.5), levels)

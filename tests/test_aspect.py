@@ -131,3 +131,17 @@ def test_pixel_metrics_leave_the_pad_out():
     np.testing.assert_array_equal(cropped["anomaly_maps"], maps[:, 20:60])
     for hw in ([[64, 64]] * 3, [[40, 80], [80, 40], [40, 80]]):
         assert image_area_only({**out, "hw": np.array(hw)})["anomaly_maps"].shape == (3, 80, 80)
+
+
+def test_calibration_quantiles_leave_the_pad_out(strips):
+    from types import SimpleNamespace
+
+    from anomaly.calibration import pad_as_nan
+    from anomaly.thresholds import map_tail_quantiles
+
+    train = D.load_splits(strips, "strip", val_fraction=0.0).train  # 40 x 80 images
+    maps = np.zeros((len(train), 64, 64), np.float32)
+    maps[:, 16:48] = 1.0  # the image's area on the canvas (32 x 64 at offset 16); the pad scores 0
+    out = pad_as_nan(maps, SimpleNamespace(samples=train))
+    assert np.isnan(out[:, :16]).all() and np.isnan(out[:, 48:]).all() and (out[:, 16:48] == 1).all()
+    assert map_tail_quantiles(out)["summary"]["0"] == 1.0  # the pad's zeros are not calibration pixels
