@@ -69,8 +69,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from anomaly.export import set_torch_threads
-    from anomaly.service import allowed_hosts, create_app
-
+    from anomaly.http_guards import allowed_hosts
+    from anomaly.service import create_app
     from anomaly.web import api_key_from, settings_to_env
 
     set_torch_threads(args.threads)

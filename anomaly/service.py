@@ -25,7 +25,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from anomaly.data import ImageDecodeError, decode_image  # the one defensive decoder, shared with the data layer
 from anomaly.geometry import Letterbox
+from anomaly.http_guards import LOOPBACK_HOSTS, BodyLimitMiddleware
 from anomaly.models import Prediction
 from anomaly.utils import read_json
 
@@ -43,8 +44,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 2**20
 MAX_BATCH_FILES = 32
 RUNTIMES = ("auto", "torch", "onnx")
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
-_WILDCARD_BINDS = ("0.0.0.0", "::", "")
 
 
 class Scorer(Protocol):
@@ -96,7 +95,7 @@ def create_app(run_dir: str | Path, runtime: str = "torch", max_upload_bytes: in
         threads: onnxruntime intra-op threads per request. The default 1 lets concurrent requests
             (each on its own thread-pool thread) use the cores without oversubscribing them.
         allowed_hosts: host names accepted in the ``Host`` header (``"*"`` for any); others get 400,
-            so a web page cannot reach the service through DNS rebinding. See :func:`allowed_hosts`.
+            so a web page cannot reach the service through DNS rebinding. See :func:`anomaly.http_guards.allowed_hosts`.
         api_key: when given, required in the ``X-API-Key`` header by every endpoint but ``/health``.
 
     Returns:
@@ -138,19 +137,6 @@ def create_app(run_dir: str | Path, runtime: str = "torch", max_upload_bytes: in
 
     add_page_and_docs(app)
     return app
-
-
-def allowed_hosts(bind_host: str, extra: Sequence[str] = ()) -> list[str]:
-    """Host names a service bound to ``bind_host`` answers to: loopback names, the bound host, ``extra``.
-
-    A wildcard bind (``0.0.0.0``) cannot know the names clients use: they must come in ``extra``
-    (``anomaly serve --allowed-hosts``), else only loopback requests are answered.
-    """
-    if bind_host in _WILDCARD_BINDS and not extra:
-        logger.warning("listening on all interfaces, but only Host: %s is answered; name this machine's host "
-                       "names with --allowed-hosts", " or ".join(LOOPBACK_HOSTS))
-    named = [] if bind_host in _WILDCARD_BINDS else [f"[{bind_host}]" if ":" in bind_host else bind_host]  # IPv6
-    return list(dict.fromkeys([*LOOPBACK_HOSTS, *named, *extra]))
 
 
 def _load_service(run_dir: Path, runtime: str, threads: int) -> _Service:
@@ -273,66 +259,3 @@ def _json_safe(obj: Any) -> Any:
     if isinstance(obj, list):
         return [_json_safe(v) for v in obj]
     return obj
-
-
-class _BodyTooLarge(Exception):
-    pass
-
-
-class BodyLimitMiddleware:
-    """ASGI middleware answering 413 when a request body exceeds ``max_bytes``.
-
-    Checks ``Content-Length`` up front and counts streamed (chunked) bytes, so an oversize upload
-    is never buffered; the app's own answer to a cut-off body is replaced by the 413. The rest
-    of the body is read and discarded (up to ``4 * max_bytes``) before answering, so the client
-    gets the 413 rather than a connection reset.
-    """
-
-    def __init__(self, app: Callable, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(receive, send, more_body=True)
-            return
-        seen, exceeded, started, more_body = 0, False, False, True
-
-        async def counted_receive() -> dict:
-            nonlocal seen, exceeded, more_body
-            message = await receive()
-            seen += len(message.get("body", b""))
-            more_body = message.get("more_body", False)
-            if seen > self.max_bytes:
-                exceeded = True
-                raise _BodyTooLarge
-            return message
-
-        async def guarded_send(message: dict) -> None:
-            nonlocal started
-            if not exceeded:  # once over the limit, only the 413 below goes out
-                started = started or message["type"] == "http.response.start"
-                await send(message)
-
-        try:
-            await self.app(scope, counted_receive, guarded_send)
-        except _BodyTooLarge:
-            pass
-        if exceeded and not started:
-            await self._reject(receive, send, more_body)
-
-    async def _reject(self, receive: Callable, send: Callable, more_body: bool) -> None:
-        drained = 0
-        while more_body and drained <= 4 * self.max_bytes:
-            message = await receive()
-            drained += len(message.get("body", b""))
-            more_body = message.get("more_body", False) and message["type"] == "http.request"
-        limit = f"{self.max_bytes / 2**20:.2f} MiB" if self.max_bytes >= 2**16 else f"{self.max_bytes} bytes"
-        body = ('{"detail":"request body too large: the limit is %s (anomaly serve --max-upload-mb)"}' % limit).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})

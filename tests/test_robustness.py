@@ -490,7 +490,7 @@ def test_foreign_host_header_gets_400(pc_run, client):
 
 
 def test_serve_allows_the_bound_host_and_named_hosts():
-    from anomaly.service import allowed_hosts
+    from anomaly.http_guards import allowed_hosts
 
     assert allowed_hosts("127.0.0.1") == ["127.0.0.1", "localhost"]
     assert allowed_hosts("192.168.1.5") == ["127.0.0.1", "localhost", "192.168.1.5"]
