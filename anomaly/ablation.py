@@ -43,6 +43,8 @@ FLIP = "flip_tta"  # not a PatchCore parameter: average the maps and scores of t
 ENSEMBLE = "ensemble"  # members (variants); each scaled by its own cross-fitted good scores, then averaged
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
+    "seed-1": {"seed": 1},  # the defaults refitted with another coreset seed: the size of fit-to-fit noise
+    "seed-2": {"seed": 2},
     "size-256": {"image_size": 256},
     "size-384": {"image_size": 384},
     "lite1": {"backbone": "efficientnet_lite1"},
