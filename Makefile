@@ -11,7 +11,7 @@ SYNTH_DIR := data/synthetic
 REPORT_DIR ?= reports
 PYTEST_ARGS ?=
 
-.PHONY: install test report lab synth benchmark screenshot clean
+.PHONY: install test report lab synth benchmark ablation screenshot clean
 
 install: $(STAMP)
 
@@ -34,6 +34,12 @@ synth: $(STAMP)
 MVTEC ?= ../shared/datasets/mvtec_ad
 benchmark: $(STAMP)
 	$(BIN)/anomaly benchmark --data $(MVTEC) --categories screw,bottle --methods intensity,autoencoder,padim,patchcore --out weights/benchmark
+
+# The README's ablation tables: PatchCore variants on screw and bottle, then on the synthetic categories.
+ablation: $(STAMP)
+	$(BIN)/anomaly ablation --data $(MVTEC) --categories screw,bottle --out weights/ablation/real
+	test -d $(SYNTH_DIR)/texture || $(BIN)/anomaly synth --out $(SYNTH_DIR)
+	$(BIN)/anomaly ablation --data $(SYNTH_DIR) --categories screw_like,texture --out weights/ablation/synthetic
 
 # docs/station.png: the inspection page in headless Chromium on a synthetic defective part (never real MVTec images).
 STATION_DIR := data/station
