@@ -11,15 +11,19 @@ PyTorch milliseconds per test image are recorded beside the load average, as cos
 
 Nothing here is tuned on test labels by a program: the table is for a person to read, over
 several categories, before changing a default in :class:`anomaly.models.patchcore.PatchCoreConfig`.
-Each (category, variant) is kept in ``DIR/<category>/<variant>.npz`` so an interrupted run resumes.
+Each (category, variant) is kept in ``DIR/<category>/<variant>.npz`` with the full configuration it
+was fitted with (:func:`variant_config`), so an interrupted run resumes and a redefined variant, a
+changed default or an unreadable file is fitted again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import time
+import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,9 +36,9 @@ from anomaly import bootstrap as B
 from anomaly import data as D
 from anomaly import metrics as M
 from anomaly.evidence import fmt_ci, to_markdown
-from anomaly.models.patchcore import PatchCore
+from anomaly.models.patchcore import PatchCore, PatchCoreConfig
 from anomaly.pipeline import make_loader
-from anomaly.utils import resolve_device, write_json
+from anomaly.utils import make_config, resolve_device, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -81,9 +85,12 @@ def run_ablation(data: str | Path, categories: Sequence[str], out: str | Path, v
         predictions = {}
         for name in variants:
             path = out / category / f"{name}.npz"
-            if not path.is_file():
-                _save(path, _run_variant(splits, name, resolve_device(device), batch_size))
-            predictions[name] = _load(path, masks)
+            found = _load(path, masks, len(splits.test), variant_config(name))
+            if found is None:
+                _save(path, {**_run_variant(splits, name, resolve_device(device), batch_size),
+                             "config": variant_config(name)})
+                found = _load(path, masks, len(splits.test), variant_config(name))
+            predictions[name] = found
         rows += _rows(category, predictions)
     frame = pd.DataFrame(rows)
     write_json(out / "ablation.json", {"eval_size": EVAL_SIZE, "variants": {v: VARIANTS[v] for v in variants},
@@ -159,9 +166,27 @@ def _save(path: Path, result: dict[str, Any]) -> None:
     partial.replace(path)  # a half-written file never looks complete
 
 
-def _load(path: Path, masks: np.ndarray) -> dict[str, Any]:
-    with np.load(path) as f:
-        out = {k: f[k] for k in f.files}
+def variant_config(name: str) -> str:
+    """The full PatchCore configuration(s) of a variant as JSON: what a stored result must have been fitted with."""
+    members = VARIANTS[name].get(ENSEMBLE) or [VARIANTS[name]]
+    configs = [dataclasses.asdict(make_config(PatchCoreConfig, {k: v for k, v in m.items() if k != FLIP}))
+               | {FLIP: bool(m.get(FLIP, False))} for m in members]
+    return json.dumps(configs, sort_keys=True)
+
+
+def _load(path: Path, masks: np.ndarray, n_test: int, config: str) -> dict[str, Any] | None:
+    """A stored result, or None when there is none, it is unreadable, or it was fitted with another configuration."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as f:
+            out = {k: f[k] for k in f.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        logger.warning("%s is unreadable (%s): fitting it again", path, err)
+        return None
+    if str(out.get("config", "")) != config or len(out.get("image_scores", ())) != n_test:
+        logger.info("%s was fitted with other settings or another test split: fitting it again", path)
+        return None
     out["gt_masks"] = masks
     out["anomaly_maps"] = out["anomaly_maps"].astype(np.float32)
     return out

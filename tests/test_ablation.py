@@ -44,3 +44,16 @@ def test_unknown_variant_is_refused(small, synthetic_root, tmp_path, capsys):
         main(["ablation", "--data", str(synthetic_root), "--categories", "texture", "--out", str(tmp_path),
               "--variants", "bogus"])
     assert exit_info.value.code == 2 and "unknown ablation variant" in capsys.readouterr().err
+
+
+def test_a_changed_variant_or_a_corrupt_result_is_fitted_again(small, synthetic_root, tmp_path, monkeypatch):
+    A.run_ablation(synthetic_root, ["texture"], tmp_path, ["max-score"], device="cpu")
+    fitted = []
+    original = A._run_variant
+    monkeypatch.setattr(A, "_run_variant", lambda splits, name, *a: fitted.append(name) or original(splits, name, *a))
+    (tmp_path / "texture" / "default.npz").write_bytes(b"not a zip")  # corrupt
+    monkeypatch.setitem(A.VARIANTS, "max-score", {"image_size": 64, "num_neighbors": 2})  # redefined
+    A.run_ablation(synthetic_root, ["texture"], tmp_path, ["max-score"], device="cpu")
+    assert fitted == ["default", "max-score"]
+    A.run_ablation(synthetic_root, ["texture"], tmp_path, ["max-score"], device="cpu")
+    assert fitted == ["default", "max-score"]  # both stored now, with their configurations
