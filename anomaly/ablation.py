@@ -193,22 +193,23 @@ def _load(path: Path, masks: np.ndarray, n_test: int, config: str) -> dict[str, 
 
 
 def _rows(category: str, predictions: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per variant: metrics with bootstrap intervals and the paired difference from ``default``."""
-    base = predictions["default"]
+    """One row per variant: metrics with bootstrap intervals and the paired difference from ``default``.
+
+    Every variant is resampled once, with the same weights (the test labels are shared), which
+    pairs the resamples for the differences.
+    """
+    weights = B.stratified_weights(predictions["default"]["labels"])
+    resampled = {name: B.resampled_metrics(pred, weights) for name, pred in predictions.items()}
     rows = []
     for name, pred in predictions.items():
-        binned = B.bin_maps(pred["gt_masks"], pred["anomaly_maps"])
-        weights = B.stratified_weights(pred["labels"])
-        samples = B.metric_samples(pred["labels"], pred["image_scores"], binned, weights)
         row = {"category": category, "variant": name, "fit_seconds": float(pred["fit_seconds"]),
                "ms_per_image": float(pred["ms_per_image"]), "load": [float(x) for x in pred["load"]]}
         row["image_auroc"] = M.image_auroc(pred["labels"], pred["image_scores"])
         row["pixel_auroc"] = M.pixel_auroc(pred["gt_masks"], pred["anomaly_maps"])
         row["aupro"] = M.aupro(pred["gt_masks"], pred["anomaly_maps"])
+        diff = B.margins_from_samples(resampled[name], resampled["default"]) if name != "default" else {}
         for key in METRICS:
-            row[f"{key}_ci"] = B.percentile_interval(samples[key])
-        diff = B.paired_margins(pred, base) if name != "default" else {}
-        for key in METRICS:
+            row[f"{key}_ci"] = B.percentile_interval(resampled[name][key][1])
             row[f"{key}_delta"] = diff.get(key, {}).get("margin")
             row[f"{key}_delta_ci"] = diff.get(key, {}).get("ci")
         rows.append(row)

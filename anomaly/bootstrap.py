@@ -170,16 +170,26 @@ def paired_margins(a: dict[str, np.ndarray], b: dict[str, np.ndarray], n_resampl
     if not np.array_equal(labels, np.asarray(b["labels"])):
         raise ValueError("paired bootstrap needs both methods scored on the same test images (labels differ)")
     weights = stratified_weights(labels, n_resamples, seed)
-    full = np.ones((1, labels.size))
-    samples, points = [], []
-    for pred in (a, b):
-        binned = bin_maps(pred["gt_masks"], pred["anomaly_maps"]) if "anomaly_maps" in pred else None
-        samples.append(metric_samples(labels, pred["image_scores"], binned, weights))
-        points.append(metric_samples(labels, pred["image_scores"], binned, full))
+    return margins_from_samples(resampled_metrics(a, weights), resampled_metrics(b, weights))
+
+
+def resampled_metrics(pred: dict[str, np.ndarray], weights: np.ndarray) -> dict[str, tuple[float, np.ndarray]]:
+    """``{metric: (value on all images, (R,) values under the resamples weights)}`` for one method's predictions.
+
+    Methods resampled with the SAME ``weights`` are paired (:func:`margins_from_samples`).
+    """
+    labels = np.asarray(pred["labels"])
+    binned = bin_maps(pred["gt_masks"], pred["anomaly_maps"]) if "anomaly_maps" in pred else None
+    samples = metric_samples(labels, pred["image_scores"], binned, weights)
+    points = metric_samples(labels, pred["image_scores"], binned, np.ones((1, labels.size)))
+    return {key: (float(points[key][0]), samples[key]) for key in samples}
+
+
+def margins_from_samples(a: dict[str, tuple[float, np.ndarray]],
+                         b: dict[str, tuple[float, np.ndarray]]) -> dict[str, dict[str, float | list[float]]]:
+    """Margin (a - b) per metric with its paired-bootstrap 95 % interval, from :func:`resampled_metrics` of both."""
     result = {}
-    for key in samples[0].keys() & samples[1].keys():
-        diff = samples[0][key] - samples[1][key]
-        ci = percentile_interval(diff)
-        result[key] = {"margin": float(points[0][key][0] - points[1][key][0]), "ci": ci,
-                       "real": bool(ci[0] > 0 or ci[1] < 0)}
+    for key in a.keys() & b.keys():
+        ci = percentile_interval(a[key][1] - b[key][1])
+        result[key] = {"margin": a[key][0] - b[key][0], "ci": ci, "real": bool(ci[0] > 0 or ci[1] < 0)}
     return result

@@ -88,10 +88,8 @@ def pad_as_nan(maps: np.ndarray, dataset: object) -> np.ndarray:
     for i, sample in enumerate(getattr(dataset, "samples", None) or []):
         h, w = image_hw(sample.image_path)
         if h != w:
-            box = Letterbox(h, w, maps.shape[-1])
-            (ih, iw), (top, left) = box.inner, box.offset
             keep = np.zeros(maps.shape[-2:], dtype=bool)
-            keep[top:top + ih, left:left + iw] = True
+            Letterbox(h, w, maps.shape[-1]).crop(keep)[...] = True  # the image's area of the canvas
             maps[i][~keep] = np.nan
     return maps
 
