@@ -2,7 +2,8 @@
 
 Each pair runs through :func:`anomaly.pipeline.fit_run` and :func:`anomaly.pipeline.evaluate_run`
 into ``OUT/<category>/<method>/`` (a normal run folder), by default in a fresh process so that
-its peak resident memory (``ru_maxrss``) is its own and not the maximum over earlier runs.
+its peak resident memory (``ru_maxrss``) is its own and not the maximum over earlier runs; an
+executor (:mod:`anomaly.executors`) decides where: here one after another, or as Ray tasks.
 Timings depend on what else the machine is doing, so the 1-minute load average before and
 after each run is recorded next to them. Results go to ``OUT/benchmark.json`` and
 ``OUT/benchmark.md``, with each category's answer paragraph, margins over the best baseline
@@ -12,13 +13,13 @@ after each run is recorded next to them. Results go to ``OUT/benchmark.json`` an
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 from pathlib import Path
 from typing import Any, Sequence
 
 from anomaly.config import RunConfig
 from anomaly.evidence import evidence_markdown
+from anomaly.executors import Job, JobResult, LocalExecutor
 from anomaly.models import METHODS
 from anomaly.runs import is_evaluated
 from anomaly.utils import read_json, write_json
@@ -49,7 +50,7 @@ def split_params(params: dict[str, Any] | None, methods: Sequence[str]) -> dict[
 
 def run_benchmark(data: str | Path, categories: Sequence[str], methods: Sequence[str], out: str | Path,
                   device: str = "auto", seed: int = 0, params: dict[str, Any] | None = None,
-                  isolate: bool = True, resume: bool = False) -> str:
+                  isolate: bool = True, resume: bool = False, executor: Any = None) -> str:
     """Fit and evaluate each (category, method); return the results as a Markdown table.
 
     Args:
@@ -63,6 +64,8 @@ def run_benchmark(data: str | Path, categories: Sequence[str], methods: Sequence
         isolate: run each pair in a fresh (spawned) process for a per-run peak RSS.
         resume: reuse a pair whose run folder is complete and holds a ``metrics.json`` of its own model
             (:func:`anomaly.runs.is_evaluated`) instead of refitting it.
+        executor: where the fit + evaluate jobs run (:mod:`anomaly.executors`; default
+            ``LocalExecutor(isolate)``: here, one after another; ``RayExecutor``: Ray tasks).
     """
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
@@ -72,9 +75,15 @@ def run_benchmark(data: str | Path, categories: Sequence[str], methods: Sequence
                for category in categories for method in methods]  # every setting checked before any fit
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    jobs = [Job(config, out / config.category / config.method) for config in configs]
+    reused = [job for job in jobs if resume and is_evaluated(job.run_dir)]
+    for job in reused:
+        logger.info("benchmark: reusing %s (--resume)", job.run_dir)
+    done = {job.run_dir: JobResult(job, os.getloadavg()[0], os.getloadavg()[0]) for job in reused}
+    results = (executor or LocalExecutor(isolate)).run([job for job in jobs if job.run_dir not in done])
     rows = []
-    for config in configs:
-        rows.append(_run_one(config, out / config.category / config.method, isolate, resume))
+    for job in jobs:
+        rows.append(_row(done.get(job.run_dir) or next(results)))
         write_json(out / "benchmark.json", {"device": device, "seed": seed, "params": per_method,
                                              "cpu_count": os.cpu_count(), "rows": rows})
     table = markdown_table(rows)
@@ -87,34 +96,13 @@ def run_benchmark(data: str | Path, categories: Sequence[str], methods: Sequence
     return "\n\n".join(sections)
 
 
-def _run_one(config: RunConfig, run_dir: Path, isolate: bool, resume: bool) -> dict[str, Any]:
-    """Fit + evaluate one pair into ``run_dir``; return its row."""
-    category, method = config.category, config.method
-    load_before = os.getloadavg()[0]
-    logger.info("benchmark: %s / %s -> %s (load %.1f)", category, method, run_dir, load_before)
-    if resume and is_evaluated(run_dir):
-        logger.info("benchmark: reusing %s (--resume)", run_dir)
-    elif isolate:
-        process = multiprocessing.get_context("spawn").Process(target=_fit_and_evaluate, args=(config, str(run_dir)))
-        process.start()
-        process.join()
-        if process.exitcode != 0:
-            raise RuntimeError(f"benchmark run {category}/{method} failed (exit code {process.exitcode}); "
-                               f"see the log above and {run_dir}")
-    else:
-        _fit_and_evaluate(config, str(run_dir))
-    metrics = read_json(run_dir / "metrics.json")
+def _row(result: JobResult) -> dict[str, Any]:
+    """The table row of a finished job, from its run folder's ``metrics.json``."""
+    metrics = read_json(result.job.run_dir / "metrics.json")
     row = {key: metrics.get(key) for key in COLUMNS}
-    row.update(category=category, method=method, load_before=load_before, load_after=os.getloadavg()[0])
+    row.update(category=result.job.config.category, method=result.job.config.method,
+               load_before=result.load_before, load_after=result.load_after)
     return row
-
-
-def _fit_and_evaluate(config: RunConfig, run_dir: str) -> None:
-    from anomaly.pipeline import evaluate_run, fit_run
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    fit_run(config, run_dir)
-    evaluate_run(run_dir, device=config.device)
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:

@@ -20,6 +20,7 @@ from anomaly.thresholds import DEFAULT_ESTIMATOR, DEFAULT_PIXEL_FPR, DEFAULT_TAR
 
 logger = logging.getLogger("anomaly")
 RUNTIMES = ("auto", "torch", "onnx")
+ENGINES = ("local", "ray")
 RUNTIME_HELP = ("auto (default): RUN_DIR/model.onnx in onnxruntime when it passes the parity check with PyTorch "
                 "(exported once), else PyTorch with the reason logged; torch; onnx")
 
@@ -124,9 +125,16 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from anomaly.inspection import inspect_paths, list_images, runtime_scorer
     from anomaly.pipeline import load_run, predict_paths
 
-    if (args.heatmaps and not args.csv) or (args.csv and args.heatmap_dir):
-        raise ValueError("--heatmaps OUT goes with --csv; --heatmap-dir with the JSON lines (no --csv)")
-    run = load_run(args.run_dir, device=args.device)
+    inputs = _predict_inputs(args)
+    run = load_run(args.run_dir, device="cpu" if args.engine == "ray" else args.device)
+    if args.engine == "ray":
+        from anomaly.distributed import inspect_paths_ray
+
+        print(json.dumps(inspect_paths_ray(
+            run, inputs, args.csv, args.parquet, heatmap_dir=args.heatmaps, batch_size=args.batch_size,
+            runtime=args.runtime, threads=args.threads, actors=args.actors, address=args.address, device=args.device)))
+        return
+    args.images = inputs
     if args.csv:
         summary = inspect_paths(run, args.images, args.csv, heatmap_dir=args.heatmaps, batch_size=args.batch_size,
                                 runtime=args.runtime, threads=args.threads)
@@ -138,11 +146,36 @@ def cmd_predict(args: argparse.Namespace) -> None:
         print(json.dumps(record))
 
 
+def _predict_inputs(args: argparse.Namespace) -> list[str]:
+    """The images and folders named, then the manifest's paths; refuses options of the other mode or engine."""
+    from anomaly.manifest import read_manifest
+
+    if (args.heatmaps and not (args.csv or args.parquet)) or ((args.csv or args.parquet) and args.heatmap_dir):
+        raise ValueError("--heatmaps OUT goes with --csv; --heatmap-dir with the JSON lines (no --csv)")
+    ray_only = [name for name in ("parquet", "address", "actors") if getattr(args, name) is not None]
+    if args.engine == "local" and ray_only:
+        raise ValueError(f"--{ray_only[0]} goes with --engine ray")
+    if args.engine == "ray" and not (args.csv or args.parquet):
+        raise ValueError("--engine ray writes rows: give --csv FILE and/or --parquet FOLDER")
+    inputs = [*args.images, *(read_manifest(args.manifest) if args.manifest else [])]
+    if not inputs:
+        raise ValueError("nothing to inspect: name image files or folders, or give --manifest FILE")
+    return inputs
+
+
 def cmd_benchmark(args: argparse.Namespace) -> None:
     from anomaly.benchmark import run_benchmark
 
+    executor = None
+    if args.engine == "ray":
+        from anomaly.executors import RayExecutor
+
+        executor = RayExecutor(args.address, cpus_per_job=args.cpus_per_job)
+    elif args.address:
+        raise ValueError("--address goes with --engine ray")
     table = run_benchmark(args.data, args.categories.split(","), args.methods.split(","), Path(args.out),
-                          device=args.device, seed=args.seed, params=_parse_set(args.set), resume=args.resume)
+                          device=args.device, seed=args.seed, params=_parse_set(args.set), resume=args.resume,
+                          executor=executor)
     print(table)
 
 
@@ -236,7 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=8, help="--csv mode: images scored together")
     p.add_argument("--runtime", default="auto", choices=RUNTIMES, help=RUNTIME_HELP)
     p.add_argument("--threads", type=_positive_int, help="intra-op threads (default: every core)")
-    p.add_argument("images", nargs="+", metavar="FOLDER_OR_FILE", help="image files, or folders searched recursively")
+    p.add_argument("--manifest", help="a .csv or .parquet file whose `path` column lists images (relative to its "
+                                      "folder), inspected after FOLDER_OR_FILE")
+    p.add_argument("--engine", default="local", choices=ENGINES,
+                   help="local (default): this process; ray: decode in Ray tasks, score in Ray actors (docs/distributed.md)")
+    p.add_argument("--parquet", metavar="FOLDER", help="--engine ray: also (or only) write the rows as Parquet parts here")
+    p.add_argument("--address", help="--engine ray: join the cluster at HOST:PORT (default: start a local Ray)")
+    p.add_argument("--actors", type=_positive_int, help="--engine ray: scoring actors (default: one per CPU / --threads)")
+    p.add_argument("images", nargs="*", metavar="FOLDER_OR_FILE", help="image files, or folders searched recursively")
     _add_common(p)
     p.set_defaults(func=cmd_predict)
 
@@ -250,6 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a detector parameter for one method, e.g. autoencoder.epochs=20")
     p.add_argument("--resume", action="store_true",
                    help="reuse pairs whose run folder is complete and has metrics.json of its own model")
+    p.add_argument("--engine", default="local", choices=ENGINES,
+                   help="local (default): one pair after another here; ray: every pair as a Ray task (--out must be "
+                        "a path every node sees)")
+    p.add_argument("--address", help="--engine ray: join the cluster at HOST:PORT (default: start a local Ray)")
+    p.add_argument("--cpus-per-job", type=_positive_int, default=1,
+                   help="--engine ray: CPUs (and torch threads) each fit + evaluate task requests")
     _add_common(p)
     p.set_defaults(func=cmd_benchmark)
 

@@ -307,7 +307,7 @@ def test_fit_refuses_to_replace_a_folder_that_is_not_a_run(tmp_path, monkeypatch
 
 
 def test_refit_drops_stale_metrics_and_resume_refits(synthetic_root, tmp_path, monkeypatch):
-    from anomaly import benchmark
+    from anomaly import benchmark, executors
 
     run_dir = ae_fit(synthetic_root, tmp_path / CATEGORY / "autoencoder")
     evaluate_run(run_dir, device="cpu")
@@ -318,7 +318,7 @@ def test_refit_drops_stale_metrics_and_resume_refits(synthetic_root, tmp_path, m
     (run_dir / "metrics.json").write_bytes(old_metrics)  # another model's metrics copied in
     assert load_run(run_dir).metrics is None and not is_evaluated(run_dir)
     calls = []
-    monkeypatch.setattr(benchmark, "_fit_and_evaluate", lambda config, run_dir: calls.append(run_dir) or evaluate_run(run_dir))
+    monkeypatch.setattr(executors, "fit_and_evaluate", lambda config, run_dir: calls.append(run_dir) or evaluate_run(run_dir))
     benchmark.run_benchmark(synthetic_root, [CATEGORY], ["autoencoder"], tmp_path, device="cpu", isolate=False,
                             resume=True)
     assert len(calls) == 1  # the stale pair was redone
