@@ -67,8 +67,8 @@ def measure(name: str, command: list[str], csv_path: Path, env: dict[str, str] |
         raise RuntimeError(f"{name} failed ({done.returncode}): {done.stderr[-2000:]}")
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     logger.info("%s: %.1f s, %s", name, wall, summary)
-    return {"engine": name, "command": " ".join(command), "wall_s": wall, "load_before": load_before,
-            "load_after": os.getloadavg()[0], **summary}
+    return {**summary, "engine": name, "command": " ".join(command), "wall_s": wall, "load_before": load_before,
+            "load_after": os.getloadavg()[0]}
 
 
 def compare(local_csv: Path, other_csv: Path) -> dict[str, Any]:
