@@ -108,8 +108,9 @@ class RayExecutor:
             refs = []
             for job in jobs:
                 use_gpu = gpus >= 1 and job.config.device != "cpu"
+                config = job.config.replace(data=str(Path(job.config.data).resolve()))  # a worker's cwd is not ours
                 refs.append(task.options(num_cpus=self.cpus_per_job, num_gpus=1 if use_gpu else 0).remote(
-                    job.config, str(job.run_dir.resolve()), self.cpus_per_job))
+                    config, str(job.run_dir.resolve()), self.cpus_per_job))
             logger.info("benchmark: %d job(s) submitted to Ray (%g CPUs, %g GPUs)", len(refs), cpus, gpus)
             for job, ref in zip(jobs, refs):
                 try:
