@@ -12,7 +12,7 @@ import json
 import logging
 from pathlib import Path
 
-from anomaly.cli import RUNTIME_HELP, RUNTIMES, _port, _positive_float, _positive_int
+from anomaly.cli import RUNTIME_HELP, RUNTIMES, _image_side, _port, _positive_float, _positive_int
 
 
 def add_service_commands(sub: argparse._SubParsersAction) -> None:
@@ -59,7 +59,7 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("latency", help="per-image latency, PyTorch vs onnxruntime, batch 1 and 8")
     p.add_argument("--run-dir", required=True)
-    p.add_argument("--image-size", type=_positive_int, help="input side in px (default: the run's image size)")
+    p.add_argument("--image-size", type=_image_side, help="input side in px (default: the run's image size)")
     p.add_argument("--repeats", type=_positive_int, default=20)
     p.add_argument("--threads", type=_positive_int, help="intra-op threads for both runtimes (default: all cores)")
     p.set_defaults(func=cmd_latency)
@@ -70,9 +70,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     from anomaly.export import set_torch_threads
     from anomaly.http_guards import allowed_hosts
+    from anomaly.memory import limit_allocator
     from anomaly.service import create_app
     from anomaly.web import api_key_from, settings_to_env
 
+    limit_allocator()  # this process, and (through MALLOC_* variables) the worker processes
     set_torch_threads(args.threads)
     hosts = allowed_hosts(args.host, [h.strip() for h in args.allowed_hosts.split(",") if h.strip()])
     settings = dict(run_dir=str(Path(args.run_dir).resolve()), runtime=args.runtime, threads=args.threads,
