@@ -100,9 +100,12 @@ def cmd_station(args: argparse.Namespace) -> None:
 
 
 def cmd_loadtest(args: argparse.Namespace) -> None:
+    from anomaly.decoding import require_regular_file
     from anomaly.loadtest import run_loadtest
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per request
+    if args.image:
+        require_regular_file(Path(args.image), f"--image {args.image}")  # a FIFO would block here
     image = Path(args.image).read_bytes() if args.image else None
     result = run_loadtest(args.url, n_requests=args.requests, concurrency=args.concurrency, image=image,
                           timeout_s=args.timeout_s)

@@ -11,12 +11,15 @@ Every image -- a training file, a file given to ``predict``, an HTTP upload -- g
 * a path must name a regular file: a FIFO, device, socket or folder is refused before it is
   opened (reading a FIFO would wait for a writer forever);
 * images over ``MAX_PIXELS`` pixels or longer than ``MAX_ASPECT`` : 1 are refused from their header
-  (413), and the frame actually decoded is checked against the size that was checked;
-* every decode holds its pixels in a per-process :class:`PixelBudget` (``DECODE_BUDGET_PIXELS``),
-  so concurrent decodes are bounded by pixels in flight, not by how many requests arrive;
+  (413); for the accepted formats the header's size is the size decoded (of the first frame of a
+  multi-frame file, the only one read);
+* every decode holds its :func:`decode_cost` (pixels of 4 bytes) of a per-process
+  :class:`PixelBudget`, ``DECODE_BUDGET``, so concurrent decodes are bounded by pixels in flight,
+  not by how many requests arrive;
 * an axis more than ``REDUCE_MARGIN`` times the model's input side is box-reduced in PIL (JPEG:
-  decoded at a reduced DCT scale) before any float array exists;
-* the EXIF orientation (JPEG, TIFF, WebP, PNG ``eXIf`` before the pixel data) is applied, after the
+  decoded at a reduced DCT scale) before any float array exists, and further when the float copy
+  would exceed ``MAX_FLOAT_PIXELS``;
+* the EXIF orientation (JPEG, TIFF, PNG ``eXIf`` before the pixel data) is applied, after the
   reduction, so the image, its (H, W) and any region boxes are in the orientation a viewer shows;
 * NaN or infinite pixel values (float TIFF) are refused (422): they would score as NaN.
 
@@ -41,6 +44,7 @@ import torch
 from PIL import ExifTags, Image, UnidentifiedImageError
 
 from anomaly.geometry import Letterbox
+from anomaly.utils import printable
 
 FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "PPM")  # PIL plugin names; PPM reads PBM/PGM/PPM/PNM
 FORMAT_NAMES = "PNG, JPEG, TIFF, BMP, PNM"
@@ -73,9 +77,10 @@ class ImageDecodeError(DataError):
 class PixelBudget:
     """At most ``capacity`` pixels decoded at once; a decode waits, first come first served, for room.
 
-    A decode of ``n`` pixels holds ``min(n, capacity)`` of the budget while PIL decodes, reduces and
-    converts it, so the memory of concurrent decodes is bounded by pixels in flight (about 8 bytes a
-    pixel at the peak, see docs/robustness.md) whether they come from one request or forty.
+    A decode costing ``n`` (:func:`decode_cost`, pixels of 4 bytes) holds ``min(n, capacity)`` of the
+    budget while PIL decodes, reduces and converts it, so the memory of concurrent decodes is
+    bounded by ``4 * capacity`` bytes whether they come from one request or forty; one decode
+    costing more than the whole budget runs alone (see docs/robustness.md).
     """
 
     def __init__(self, capacity: int) -> None:
@@ -207,19 +212,19 @@ def open_image(source: Source) -> Image.Image:
     name = label(source)
     if isinstance(source, Path):
         require_regular_file(source, name)
-    elif not isinstance(source, bytes):
-        empty = source.seek(0, os.SEEK_END) == 0
+    elif isinstance(source, bytes):
+        source = io.BytesIO(source)
+    if not isinstance(source, Path):
+        if source.seek(0, os.SEEK_END) == 0:
+            raise ImageDecodeError("the upload is empty", 422)
         source.seek(0)
-    else:
-        empty = not source
-    if not isinstance(source, Path) and empty:
-        raise ImageDecodeError("the upload is empty", 422)
     try:
-        return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=FORMATS)
+        return Image.open(source, formats=FORMATS)
     except FileNotFoundError:
         raise ImageDecodeError(f"{name} does not exist", 422) from None
     except UnidentifiedImageError:
-        raise ImageDecodeError(f"cannot read {name}: not an image in a format this reads ({FORMAT_NAMES})", 415) from None
+        raise ImageDecodeError(f"cannot read {name}: not an image in a format this reads ({FORMAT_NAMES})",
+                               415) from None
     except Image.DecompressionBombError as err:
         raise ImageDecodeError(f"cannot read {name}: {err}", 413) from None
     except Exception as err:  # a crafted header: OSError, SyntaxError, struct.error, ...
@@ -228,7 +233,7 @@ def open_image(source: Source) -> Image.Image:
 
 def require_regular_file(path: Path, name: str | None = None) -> None:
     """ImageDecodeError (422) unless ``path`` is a regular file (after symlinks): never open a FIFO or a device."""
-    name = name or f"file {path}"
+    name = name or f"file {printable(str(path))}"
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
@@ -241,7 +246,8 @@ def require_regular_file(path: Path, name: str | None = None) -> None:
 
 
 def label(source: Source) -> str:
-    return f"image file {source}" if isinstance(source, Path) else "image"
+    """How messages name ``source``: ``image file PATH`` (non-UTF-8 bytes as ``\\xNN``), else ``image``."""
+    return f"image file {printable(str(source))}" if isinstance(source, Path) else "image"
 
 
 def exif_orientation(img: Image.Image) -> int:

@@ -183,3 +183,8 @@ def runtime_scorer(run: Any, runtime: str = "auto", threads: int | None = None) 
     if used == "torch" and threads is not None:
         set_torch_threads(threads)
     return scorer
+
+
+# The row logic other engines reuse (anomaly.distributed scores the same batches on Ray).
+decode_batch = _decode_batch
+score_batch = _score_batch

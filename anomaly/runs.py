@@ -104,11 +104,12 @@ def _write_failure(err: BaseException, stage: Path) -> str | None:
     if not (torch_write or full):
         return None
     try:
-        free = f"{shutil.disk_usage(stage).free / 2**20:.0f} MiB free on its disk"
+        free = shutil.disk_usage(stage).free / 2**20
     except OSError:
-        free = "free space unknown"
+        free = float("nan")
+    full = full or free < 64  # torch's error on a full disk says no more than this
     what = "the disk is full" if full else f"torch.save could not write the model ({err})"
-    return f"{what} ({free})"
+    return f"{what} ({free:.0f} MiB free on its disk)"
 
 
 def check_replaceable(run_dir: Path) -> None:
