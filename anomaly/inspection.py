@@ -29,8 +29,8 @@ from tqdm.auto import tqdm
 from anomaly.data import IMAGE_EXTENSIONS
 from anomaly.decoding import DataError, decode_with_hw, require_regular_file
 from anomaly.geometry import Letterbox
-from anomaly.utils import printable
 from anomaly.results_csv import COLUMNS, ResultsCsv, pending, read_done, run_fingerprint  # noqa: F401
+from anomaly.utils import printable
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +47,10 @@ def list_images(inputs: Sequence[str | Path]) -> list[Path]:
         if item.is_dir():
             paths.extend(sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()))
         elif item.exists():
-            require_regular_file(item, f"input {item}")  # a FIFO would block the decoder forever
+            require_regular_file(item, f"input {printable(str(item))}")  # a FIFO would block the decoder forever
             paths.append(item)
         else:
-            raise FileNotFoundError(f"no such file or folder: {item}")
+            raise FileNotFoundError(f"no such file or folder: {printable(str(item))}")
     return list(dict.fromkeys(paths))  # a file named twice is inspected once
 
 

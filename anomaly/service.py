@@ -119,11 +119,11 @@ def create_app(run_dir: str | Path, runtime: str = "torch", max_upload_bytes: in
     app.add_middleware(SecurityHeadersMiddleware)  # outermost: every answer, a 400 or 413 included
 
     @app.get("/health")
-    def health() -> dict[str, str]:
+    async def health() -> dict[str, str]:  # on the event loop: answered even while every worker thread decodes
         return {"status": "ok"}
 
     @app.get("/model")
-    def model() -> dict[str, Any]:
+    async def model() -> dict[str, Any]:
         return service.info
 
     @app.post("/predict", response_model=PredictResponse)
