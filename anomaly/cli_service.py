@@ -74,12 +74,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from anomaly.service import create_app
     from anomaly.web import api_key_from, settings_to_env
 
-    limit_allocator()  # this process, and (through MALLOC_* variables) the worker processes
     set_torch_threads(args.threads)
     hosts = allowed_hosts(args.host, [h.strip() for h in args.allowed_hosts.split(",") if h.strip()])
     settings = dict(run_dir=str(Path(args.run_dir).resolve()), runtime=args.runtime, threads=args.threads,
                     max_upload_bytes=int(args.max_upload_mb * 2**20), allowed_hosts=hosts)
     api_key = api_key_from(args.api_key_file)  # checked here, so a bad key file exits 2 before any worker starts
+    limit_allocator()  # this process, and (through MALLOC_* variables) the worker processes
     if args.workers == 1:
         app = create_app(**settings, api_key=api_key)
         uvicorn.run(app, host=args.host, port=args.port, log_level="info")

@@ -94,13 +94,16 @@ def client(patchcore_run) -> TestClient:
 
 
 # -- 1. container formats never reach a decoder ------------------------------------------------------
+# Peaks are read from VmHWM: ru_maxrss of a child starts at its parent's size (Linux keeps the pre-exec
+# peak), so with a large pytest process as the parent it would hide a growth.
 _DECODE_PEAK = """
-import resource, sys
+import sys
 from pathlib import Path
 from PIL import Image
 from anomaly.decoding import ImageDecodeError, decode_image
+from anomaly.memory import rss_mib
 decode_image(Path(sys.argv[2]), 64)  # warm-up
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = rss_mib("self", "VmHWM")
 if sys.argv[3] == "pil":  # control: PIL alone decodes the embedded frame inside Image.open
     print("pil", Image.open(sys.argv[1]).size)
 else:
@@ -109,13 +112,18 @@ else:
         print("decoded")
     except ImageDecodeError as err:
         print("refused", err.status_code)
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+print(rss_mib("self", "VmHWM") - before)
 """
+
+
+def _clean_env() -> dict[str, str]:
+    """This environment without allocator settings (an in-process ``anomaly serve`` test may have set them)."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}, "PYTHONPATH": str(REPO)}
 
 
 def _decode_peak(path: Path, small: Path, mode: str) -> tuple[str, float]:
     out = subprocess.run([sys.executable, "-c", _DECODE_PEAK, str(path), str(small), mode], capture_output=True,
-                         text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, check=True).stdout.splitlines()
+                         text=True, env=_clean_env(), check=True).stdout.splitlines()
     return out[0], float(out[1])
 
 
@@ -141,20 +149,21 @@ def test_container_bombs_get_415_from_the_service(client, bombs):
 
 
 _CLI_PEAK = """
-import resource, sys
+import sys
 from anomaly.cli import main
+from anomaly.memory import rss_mib
 code = 0
 try:
     main(sys.argv[1:])
 except SystemExit as exc:
     code = exc.code
-print("RSS", code, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print("RSS", code, rss_mib("self", "VmHWM"))
 """
 
 
 def _cli_peak(*argv: str) -> tuple[int, float, str]:
-    out = subprocess.run([sys.executable, "-c", _CLI_PEAK, *argv], capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    out = subprocess.run([sys.executable, "-c", _CLI_PEAK, *argv], capture_output=True, text=True, env=_clean_env(),
+                         timeout=300)
     _, code, peak = out.stdout.strip().splitlines()[-1].split()
     return int(code), float(peak), out.stderr
 
@@ -312,9 +321,8 @@ def _start_server(run_dir: Path) -> tuple[subprocess.Popen, str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}  # ANOMALY_MALLOC=keep passes
     server = subprocess.Popen([sys.executable, "-m", "anomaly", "serve", "--run-dir", str(run_dir), "--port", str(port),
-                               "--runtime", "torch"], env={**env, "PYTHONPATH": str(REPO)},
+                               "--runtime", "torch"], env=_clean_env(),  # ANOMALY_MALLOC=keep passes
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     for _ in range(900):
