@@ -374,7 +374,8 @@ def test_real_server_memory_under_concurrent_bombs_and_legal_uploads(patchcore_r
 # -- 6. a crafted and mutated corpus through /predict: never a 5xx --------------------------------------------
 def crafted_bases() -> list[bytes]:
     """Small images of every kind the issue lists, plus the crafted ones: 16-bit, CMYK, float TIFF (finite,
-    NaN, inf), ICO/CUR/ICNS (small and bomb-headed), EXIF-rotated, palette, PGM, multi-frame TIFF, WebP."""
+    NaN, inf), ICO/CUR/ICNS (small, and one holding a 2048 px PNG), EXIF-rotated, palette, PGM,
+    multi-frame TIFF and PNG (APNG), compressed TIFF, WebP, GIF."""
     rng = np.random.default_rng(1)
     gray = Image.fromarray(rng.integers(0, 256, (24, 32), dtype=np.uint8))
     rgb = Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8))
@@ -386,7 +387,8 @@ def crafted_bases() -> list[bytes]:
              float_tiff(np.where(values > 0.9, np.inf, values)), encode(rgb, "PNG", exif=_exif(6)),
              encode(rgb, "JPEG", exif=_exif(8)), encode(rgb, "WEBP"), ico(small_png), ico(small_png, 2), icns(small_png),
              ico(zero_png(2048)), encode(gray, "TIFF", save_all=True, append_images=[rgb.convert("L")] * 2),
-             encode(rgb, "TIFF", compression="tiff_deflate"), encode(rgb, "TIFF", compression="jpeg")]
+             encode(rgb, "TIFF", compression="tiff_deflate"), encode(rgb, "TIFF", compression="jpeg"),
+             encode(rgb, "PNG", save_all=True, append_images=[gray.convert("RGB")]), encode(rgb, "GIF")]
     return bases
 
 
