@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from anomaly.models import METHODS
+from anomaly.models.base import MAX_IMAGE_SIZE
 from anomaly.thresholds import DEFAULT_ESTIMATOR, DEFAULT_PIXEL_FPR, DEFAULT_TARGET_FRR, ESTIMATORS
 
 logger = logging.getLogger("anomaly")
@@ -57,6 +58,7 @@ _port = _checked(int, lambda v: 1 <= v <= 65535, "a port number from 1 to 65535"
 _positive_float = _checked(float, lambda v: 0 < v < float("inf"), "a number > 0")
 _rate = _checked(float, lambda v: 0 < v < 1, "a rate strictly between 0 and 1 (e.g. 0.05)")
 _folds = _checked(int, lambda v: v == 0 or v >= 2, "an integer >= 2 (or 0: a validation split)")
+_image_side = _checked(int, lambda v: 1 <= v <= MAX_IMAGE_SIZE, f"an image side from 1 to {MAX_IMAGE_SIZE} px")
 
 
 def _model_params(args: argparse.Namespace) -> dict[str, Any]:
@@ -122,20 +124,20 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> None:
     from anomaly.inspection import inspect_paths, list_images, runtime_scorer
-    from anomaly.pipeline import load_run, predict_paths
+    from anomaly.pipeline import iter_predictions, load_run
 
     if (args.heatmaps and not args.csv) or (args.csv and args.heatmap_dir):
         raise ValueError("--heatmaps OUT goes with --csv; --heatmap-dir with the JSON lines (no --csv)")
+    paths = list_images(args.images)  # up front: a missing input or a FIFO is refused before the run loads
     run = load_run(args.run_dir, device=args.device)
     if args.csv:
-        summary = inspect_paths(run, args.images, args.csv, heatmap_dir=args.heatmaps, batch_size=args.batch_size,
+        summary = inspect_paths(run, paths, args.csv, heatmap_dir=args.heatmaps, batch_size=args.batch_size,
                                 runtime=args.runtime, threads=args.threads)
         print(json.dumps(summary))
         return
-    heatmap_dir = Path(args.heatmap_dir) if args.heatmap_dir else Path(args.run_dir) / "heatmaps"
     scorer = runtime_scorer(run, args.runtime, args.threads)
-    for record in predict_paths(run, list_images(args.images), heatmap_dir=heatmap_dir, scorer=scorer):
-        print(json.dumps(record))
+    for record in iter_predictions(run, paths, heatmap_dir=args.heatmap_dir, scorer=scorer):
+        print(json.dumps(record, allow_nan=False), flush=True)  # a non-finite score was refused: valid JSON  # predict_paths refuses a non-finite score: always valid JSON
 
 
 def cmd_benchmark(args: argparse.Namespace) -> None:
@@ -184,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("synth", help="write the built-in synthetic MVTec-like dataset")
     p.add_argument("--out", required=True, help="output root (categories are written under it)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--image-size", type=_image_side, default=256)
     p.add_argument("--n-train", type=int, default=200)
     p.add_argument("--n-test-good", type=int, default=40)
     p.add_argument("--n-per-defect", type=int, default=15)
@@ -196,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="dataset root in MVTec AD layout")
     p.add_argument("--category", required=True)
     p.add_argument("--run-dir", required=True)
-    p.add_argument("--image-size", type=_positive_int)
+    p.add_argument("--image-size", type=_image_side, help="the model's input side (default: the method's)")
     p.add_argument("--epochs", type=_positive_int, help="autoencoder only")
     p.add_argument("--backbone", help="padim/patchcore: efficientnet_lite0|lite1|lite2 or a timm name")
     p.add_argument("--weights", help="padim/patchcore: local state_dict for --backbone (never downloaded)")
@@ -230,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="score image files or folders; one JSON line per image, or a CSV (--csv)")
     p.add_argument("--run-dir", required=True)
-    p.add_argument("--heatmap-dir", help="JSON mode: where heatmap PNGs go (default RUN_DIR/heatmaps)")
+    p.add_argument("--heatmap-dir", help="JSON mode: write a heatmap PNG per image here (default: none; never into "
+                                         "the run folder unless asked)")
     p.add_argument("--csv", help="stream one row per image into this CSV (resumes: paths already in it are skipped)")
     p.add_argument("--heatmaps", metavar="OUT", help="--csv mode: write a heatmap PNG per image here (default: none)")
     p.add_argument("--batch-size", type=_positive_int, default=8, help="--csv mode: images scored together")

@@ -29,7 +29,7 @@ import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -274,25 +274,41 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
 
 def predict_paths(run: Run, paths: Sequence[str | Path], heatmap_dir: str | Path | None = None,
                   scorer: Any = None) -> list[dict]:
-    """Score image files one by one (with ``scorer``, default the detector); optionally write heatmap PNGs."""
+    """Score image files one by one (with ``scorer``, default the detector); optionally write heatmap PNGs.
+
+    The records of :func:`iter_predictions`, as a list.
+    """
+    return list(iter_predictions(run, paths, heatmap_dir, scorer))
+
+
+def iter_predictions(run: Run, paths: Sequence[str | Path], heatmap_dir: str | Path | None = None,
+                     scorer: Any = None) -> Iterator[dict]:
+    """One record per image (path, score, is_anomalous, heatmap, regions), as each is scored.
+
+    ``path`` and ``heatmap`` are :func:`anomaly.utils.printable` (a non-UTF-8 file name as ``\\xNN``).
+
+    Raises:
+        ValueError: an image that cannot be decoded, or a non-finite score (named).
+    """
+    from anomaly.utils import printable
     from anomaly.viz import save_heatmap_png
 
     scorer = run.detector if scorer is None else scorer
-    results = []
     for path in paths:
         image = D.read_image(path)[None]  # (1, 3, H, W) at the file's resolution
         out = scorer.predict(image)
-        record = {"path": str(path), "score": float(out.image_scores[0]),
-                  "is_anomalous": bool(out.image_scores[0] >= run.threshold), "heatmap": None,
-                  "regions": regions_of(run, out.anomaly_maps[0])}
+        score = float(out.image_scores[0])
+        if not np.isfinite(score):
+            raise ValueError(f"{printable(str(path))}: the model produced a non-finite score ({score})")
+        record = {"path": printable(str(path)), "score": score, "is_anomalous": bool(score >= run.threshold),
+                  "heatmap": None, "regions": regions_of(run, out.anomaly_maps[0])}
         if heatmap_dir is not None:
             from anomaly.inspection import heatmap_name
 
             target = Path(heatmap_dir) / heatmap_name(path)  # same-named files in other folders do not collide
             save_heatmap_png(image[0], out.anomaly_maps[0], target, **display_range(run))
-            record["heatmap"] = str(target)
-        results.append(record)
-    return results
+            record["heatmap"] = printable(str(target))
+        yield record
 
 
 def regions_of(run: Run, anomaly_map: np.ndarray) -> list[dict]:

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from anomaly.features import DEFAULT_BACKBONE, FeatureExtractor
-from anomaly.models.base import Detector, Prediction, fold_ids, model_buffer, score_by_fold
+from anomaly.models.base import Detector, Prediction, check_image_size, fold_ids, model_buffer, score_by_fold
 from anomaly.models.coreset import torch_threads
 from anomaly.models.postprocess import gaussian_blur, resize_images, upsample_maps
 
@@ -61,8 +61,7 @@ class PaDiMConfig:
 
     def __post_init__(self) -> None:
         self.strides = tuple(int(s) for s in self.strides)
-        if self.image_size < 32:
-            raise ValueError(f"image_size must be >= 32, got {self.image_size}")
+        check_image_size(self.image_size, 32)
         if self.n_features < 1:
             raise ValueError(f"n_features must be >= 1, got {self.n_features}")
         if self.eps <= 0:
