@@ -85,15 +85,22 @@ def category_margins(root: str | Path, category: str) -> dict:
 
 
 def margins_markdown(results: Sequence[dict]) -> str:
-    """The two tables of docs/own-data.md."""
-    lines = [f"Thresholds: 1 - r <= {DC.NEAR_MAX_DISTANCE:g} and phash distance <= {DC.PHASH_MAX_BITS} bits.", "",
-             "| copy | " + " | ".join(f"{r['category']}: largest 1 - r / bits, found" for r in results) + " |",
-             "| --- |" + " --- |" * len(results)]
-    for kind in results[0]["copies"]:
-        cells = [f"{r['copies'][kind]['max_distance']:.1e} / {r['copies'][kind]['max_bits']}, "
-                 f"{r['copies'][kind]['found']} of {r['copies'][kind]['n']}" for r in results]
-        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
-    lines += ["", "| distinct images | " + " | ".join(r["category"] for r in results) + " |", "| --- |" + " ---: |" * len(results),
+    """The tables of docs/own-data.md: copies found (of those planted, colour and grey together) and the largest
+    distance to the original, per scale and JPEG quality; then the distinct pairs."""
+    lines = [f"Thresholds: 1 - r <= {DC.NEAR_MAX_DISTANCE:g} and phash distance <= {DC.PHASH_MAX_BITS} bits.", ""]
+    for r in results:
+        lines += [f"| {r['category']}: copies found (largest 1 - r) | " + " | ".join(f"JPEG q{q}" for q in QUALITIES)
+                  + " |", "| --- |" + " --- |" * len(QUALITIES)]
+        for scale in SCALES:
+            cells = []
+            for q in QUALITIES:
+                rows = [r["copies"][f"x{scale:g} q{q} {m}"] for m in MODES]
+                cells.append(f"{sum(x['found'] for x in rows)}/{sum(x['n'] for x in rows)} "
+                             f"({max(x['max_distance'] for x in rows):.1e})")
+            lines.append(f"| x{scale:g} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["| distinct images | " + " | ".join(r["category"] for r in results) + " |",
+              "| --- |" + " ---: |" * len(results),
               "| images | " + " | ".join(str(r["n_images"]) for r in results) + " |",
               "| smallest 1 - r within train/good | " + " | ".join(f"{r['within_train_min']:.1e}" for r in results) + " |",
               "| pairs within train/good called near-duplicates | "

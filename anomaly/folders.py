@@ -120,6 +120,9 @@ def index_folders(good: str | Path, defective: str | Path | None = None, masks: 
         images, skipped = list_image_files(defective, required=True)
         index.defective = [(p, _defect_type(p, Path(defective))) for p in images]
         index.skipped += skipped
+        if any(t == "good" for _, t in index.defective):
+            raise D.DataError(f"{Path(defective) / 'good'}: a defect type cannot be called 'good' (good test photos "
+                              f"go in --test-good DIR)")
     if masks is not None:
         if defective is None:
             raise D.DataError("--masks needs --defective: masks belong to defective images")

@@ -121,6 +121,11 @@ def test_masks_match_by_stem_in_a_flat_folder_and_by_path_with_the_mask_suffix(t
                                                                  "loose.png": "loose.png"}
     assert [p.name for p in index.masks_without_image] == ["nobody.png"] and not index.images_without_mask
     assert [p.name for p in index.skipped] == ["notes.txt"]
+    (tmp_path / "bad" / "good").mkdir()
+    Image.fromarray(image).save(tmp_path / "bad" / "good" / "x.png")
+    with pytest.raises(F.D.DataError, match="cannot be called 'good'"):
+        F.index_folders(tmp_path / "good", tmp_path / "bad")
+    (tmp_path / "bad" / "good" / "x.png").unlink()
     with pytest.raises(F.D.DataError, match="nobody.png"):
         F.run_data({"good": str(tmp_path / "good"), "defective": str(tmp_path / "bad"),
                     "masks": str(tmp_path / "masks"), "seed": 0}, 0.0)
