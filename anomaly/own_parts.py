@@ -22,6 +22,7 @@ from PIL import Image
 
 from anomaly.scenes import DEFECT_TYPES
 from anomaly.synthetic import render_sample
+from anomaly.thresholds import calibration_rank
 from anomaly.utils import read_json
 
 MARKER = "example.json"  # written into the example's folder; allows safe regeneration
@@ -146,6 +147,11 @@ def operating_point_summary(metrics: dict[str, Any], line_frr: float) -> str:
     reach = "" if metrics.get("target_reachable", True) else (
         f" The {metrics['n_calibration_scores']} calibration scores cannot reach {line_frr:g}: the threshold is their "
         f"maximum, and more good images are needed.")
+    n_cal = metrics.get("n_calibration_scores")
+    rank = calibration_rank(n_cal, line_frr, metrics.get("estimator") or "conformal") if n_cal else None
+    if rank is not None and rank == n_cal:
+        reach += (f" With {n_cal} calibration scores the threshold is the {rank}-th smallest, i.e. the largest: one "
+                  f"unusual good photo sets it, and more good photos would give the target room.")
     oracle = metrics.get("oracle_recall_at_frr")
     return (f"At a target false-reject rate of **{line_frr:g}** (threshold {metrics['threshold']:.4g}) the run "
             f"rejects {metrics['fp']} of {n_good} good test parts (FRR {metrics['frr']:.3f}, 95 % interval "
