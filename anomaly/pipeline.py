@@ -2,7 +2,8 @@
 
 A run folder holds everything a run produced::
 
-    config.json      what was asked for (data, category, method, params, seed, ...)
+    config.json      what was asked for (data or folders, category, method, params, seed, ...) and the split
+    datacheck.json   the data check `anomaly fit` ran first (anomaly.datacheck; absent when fit_run is called alone)
     model.json       method + detector config          (Detector.save)
     model.pt         detector state, tensors only      (Detector.save)
     fit.json         fit_seconds, training history (autoencoder loss per epoch)
