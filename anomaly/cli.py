@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from anomaly.cli_data import add_check_data_command, add_data_arguments, check_before_fit
 from anomaly.models import METHODS
 from anomaly.models.base import MAX_IMAGE_SIZE
 from anomaly.thresholds import DEFAULT_ESTIMATOR, DEFAULT_PIXEL_FPR, DEFAULT_TARGET_FRR, ESTIMATORS
@@ -85,7 +86,8 @@ def cmd_fit(args: argparse.Namespace) -> None:
 
     settings = {key: getattr(args, key) for key in RunConfig.field_names() if key != "params"}
     config = RunConfig.from_dict({**settings, "params": _model_params(args)})
-    run_dir = fit_run(config, args.run_dir)
+    check = check_before_fit(config, allow_duplicates=args.allow_duplicates)
+    run_dir = fit_run(config, args.run_dir, data_check=check)
     print(run_dir)
 
 
@@ -193,10 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--categories", default="screw_like,texture", help="comma-separated; also screw_aligned (pose fixed)")
     p.set_defaults(func=cmd_synth)
 
-    p = sub.add_parser("fit", help="fit a detector on train/good and write a run folder")
+    p = sub.add_parser("fit", help="check the data, fit a detector on good images and write a run folder")
     p.add_argument("--method", required=True, choices=METHODS)
-    p.add_argument("--data", required=True, help="dataset root in MVTec AD layout")
-    p.add_argument("--category", required=True)
+    add_data_arguments(p)
+    p.add_argument("--allow-duplicates", action="store_true",
+                   help="fit even when the data check finds duplicates across training and test images")
     p.add_argument("--run-dir", required=True)
     p.add_argument("--image-size", type=_image_side, help="the model's input side (default: the method's)")
     p.add_argument("--epochs", type=_positive_int, help="autoencoder only")
@@ -274,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="notebook parameter override (unknown names are an error)")
     p.set_defaults(func=cmd_report)
+
+    add_check_data_command(sub)
 
     from anomaly.cli_service import add_service_commands  # here: cli_service imports this module
 

@@ -115,6 +115,15 @@ def load_splits(root: str | Path, category: str, val_fraction: float = 0.1, seed
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     samples = index_category(root, category)
+    splits = carve_validation(samples, val_fraction, seed)
+    logger.info("%s/%s: %d train, %d validation, %d test images", root, category, len(splits.train),
+                len(splits.validation), len(splits.test))
+    return splits
+
+
+def carve_validation(samples: list[Sample], val_fraction: float, seed: int) -> Splits:
+    """Splits of indexed ``samples``: a seeded ``val_fraction`` of the ``train`` ones (at least one when
+    ``val_fraction > 0`` and there are two or more) moves to validation, joined by any ``validation`` ones."""
     train = [s for s in samples if s.split == "train"]
     n_val = int(round(val_fraction * len(train)))
     if val_fraction > 0 and len(train) >= 2:
@@ -122,11 +131,8 @@ def load_splits(root: str | Path, category: str, val_fraction: float = 0.1, seed
     carved = set(np.random.default_rng(seed).permutation(len(train))[:n_val].tolist())
     validation = [dataclasses.replace(s, split="validation") for i, s in enumerate(train) if i in carved]
     validation += [s for s in samples if s.split == "validation"]
-    splits = Splits(train=[s for i, s in enumerate(train) if i not in carved], validation=validation,
-                    test=[s for s in samples if s.split == "test"])
-    logger.info("%s/%s: %d train, %d validation, %d test images", root, category, len(splits.train),
-                len(splits.validation), len(splits.test))
-    return splits
+    return Splits(train=[s for i, s in enumerate(train) if i not in carved], validation=validation,
+                  test=[s for s in samples if s.split == "test"])
 
 
 def read_image(path: str | Path, image_size: int | None = None) -> torch.Tensor:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from anomaly import data as D
+from anomaly.folders import run_data
 from anomaly.utils import read_json
 
 RUNS_ROOT = "weights/report"
@@ -89,7 +90,7 @@ def nearest_patch_pair(run_dir: str | Path, n_search: int = 30, device: str = "c
 
     run = load_run(run_dir, device=device)
     det, cfg = run.detector, run.config
-    splits = D.load_splits(cfg["data"], cfg["category"], val_fraction=cfg["val_fraction"], seed=cfg["seed"])
+    splits = run_data(cfg, cfg["val_fraction"]).splits
     defective = [s for s in splits.test if s.label == 1][:8]
     images = torch.stack([D.read_image(s.image_path, det.config.image_size) for s in defective])
     with torch.inference_mode():

@@ -141,10 +141,11 @@ def check_parity(detector: Detector, scorer: OnnxScorer, images: torch.Tensor) -
 def parity_images(run: Any, n: int = 4, seed: int = 0) -> torch.Tensor:
     """(n, 3, S, S): test images of the run's data when it is on disk, else seeded random images."""
     from anomaly import data as D
+    from anomaly.folders import run_data
 
     size = run.image_size
     try:
-        samples = [s for s in D.index_category(run.config["data"], run.config["category"]) if s.split == "test"]
+        samples = run_data(run.config, 0.0).splits.test
     except (KeyError, TypeError, D.DataError) as err:
         logger.info("parity check on random images (%s)", err)
         samples = []

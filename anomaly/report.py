@@ -165,7 +165,8 @@ def plan_jobs(sources: Sequence[Path], data: str, category: str, runs_dir: str, 
     for source in sources:
         common = {"data": data, "category": category, "run_dirs": list(run_dirs.values()),
                   "run_dir": run_dirs["patchcore"], "autoencoder_run_dir": run_dirs["autoencoder"],
-                  "efficiency_dir": f"{runs_dir}/efficiency", **defaults.get(source.stem, {})}
+                  "efficiency_dir": f"{runs_dir}/efficiency", "own_run_dir": f"{runs_dir}/own_parts",
+                  "example_dir": f"{runs_dir}/own_parts_photos", **defaults.get(source.stem, {})}
         variants = [(f"{source.stem}_{m}", {"method": m, "run_dir": run_dirs[m], **defaults[m]}) for m in METHODS] \
             if source.stem in PER_METHOD else [(source.stem, {})]
         for stem, extra in variants:

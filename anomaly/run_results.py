@@ -20,6 +20,7 @@ from anomaly import data as D
 from anomaly import metrics as M
 from anomaly.calibration import read_calibration
 from anomaly.exploration import examples, load_samples
+from anomaly.folders import run_data
 from anomaly.runs import (RunFolderError, check_run_dir, read_dict, read_metrics, read_predictions,
                           read_threshold)
 from anomaly.utils import read_json
@@ -169,8 +170,7 @@ def reconstruction_examples(run_dir: str | Path, n: int = 4, device: str = "cpu"
     run = load_run(run_dir, device=device)
     if not hasattr(run.detector, "reconstruct"):
         raise ValueError(f"{run_dir} is a {run.config['method']} run; reconstructions need an autoencoder run")
-    test = D.load_splits(run.config["data"], run.config["category"], run.config["val_fraction"],
-                         run.config["seed"]).test
+    test = run_data(run.config, run.config["val_fraction"]).splits.test
     chosen = examples([s for s in test if s.label == 1], per_type=1)[: max(n - 1, 1)]
     chosen += [s for s in test if s.label == 0][:1]
     images, masks = load_samples(chosen, run.image_size)

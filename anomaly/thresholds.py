@@ -92,6 +92,21 @@ def frr_threshold(scores: np.ndarray, target_frr: float = DEFAULT_TARGET_FRR,
             "reachable": bool(reachable), "calibration_frr": float(np.mean(values >= threshold))}
 
 
+def calibration_rank(n: int, target_frr: float, estimator: str = DEFAULT_ESTIMATOR) -> int | None:
+    """1-based rank of the calibration score used as threshold with ``n`` scores; ``None`` when the target
+    cannot be met with ``n`` scores (conformal: ``k = ceil((n + 1)(1 - alpha)) > n``). ``tail`` is always 0."""
+    check_decision(target_frr, estimator)
+    if estimator == "tail":
+        return 0
+    k = _order_index(int(n), float(target_frr), estimator)
+    return k if k <= n else None
+
+
+def min_calibration_size(target_frr: float, estimator: str = DEFAULT_ESTIMATOR, limit: int = 100_000) -> int | None:
+    """The fewest good calibration scores with which ``target_frr`` is reachable (conformal: ``ceil(1/alpha - 1)``)."""
+    return next((n for n in range(1, limit + 1) if calibration_rank(n, target_frr, estimator) is not None), None)
+
+
 def _order_index(n: int, alpha: float, estimator: str) -> int:
     """1-based rank of the order statistic used as threshold (n + 1 when none meets the target)."""
     if estimator == "conformal":

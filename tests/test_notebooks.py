@@ -13,9 +13,9 @@ from anomaly.report import METHODS, build_report, check_parameter, plan_jobs, se
 
 # Tiny everything: 64 px, 2 autoencoder epochs, two data-efficiency sizes, one example per case.
 TINY = {"image_size": 64, "epochs": 2, "efficiency_sizes": [3], "efficiency_seeds": 2, "n_examples": 2, "n_per_case": 2,
-        "per_type": 1}
+        "per_type": 1, "example_good": 30}
 STEMS = (["01_data_exploration"] + [f"02_training_{m}" for m in METHODS] + [f"03_evaluation_{m}" for m in METHODS]
-         + ["04_heatmap_gallery", "05_method_comparison"])
+         + ["04_heatmap_gallery", "05_method_comparison", "06_own_parts"])
 
 
 @pytest.fixture(scope="module")
