@@ -29,7 +29,7 @@ from anomaly import metrics as M
 from anomaly import pairwise, sizes
 from anomaly.models import BASELINES
 from anomaly.utils import read_json
-from anomaly.wording import fmt
+from anomaly.wording import fmt, fmt_ci  # noqa: F401  (fmt_ci: re-exported, the tables' one format)
 
 logger = logging.getLogger(__name__)
 
@@ -63,14 +63,6 @@ def input_size(result: Any) -> int | None:
     run_dir = getattr(result, "run_dir", None)
     path = Path(run_dir) / "model.json" if run_dir is not None else None
     return int(read_json(path)["config"]["image_size"]) if path is not None and path.is_file() else None
-
-
-def fmt_ci(value: float | None, ci: Sequence[float] | None = None, signed: bool = False) -> str:
-    """``0.974 [0.944, 0.996]`` (``+0.121 [+0.055, +0.190]`` when ``signed``); blank for None."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return ""
-    f = "{:+.3f}" if signed else "{:.3f}"
-    return f.format(value) + (f" [{f.format(ci[0])}, {f.format(ci[1])}]" if ci else "")
 
 
 def comparison_table(results: Sequence[Any], margins: dict[str, dict[str, dict[str, Any]]],

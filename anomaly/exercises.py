@@ -162,7 +162,7 @@ def _peak(answer: Any, anomaly_map: np.ndarray, gt_mask: np.ndarray) -> tuple[bo
     on_defect = bool(np.asarray(gt_mask)[r, c])
     if (int(row), int(col)) == (r, c) and bool(inside) == on_defect:
         return True, (f"the map peaks at row {r}, column {c}, " + ("on the defect." if on_defect else
-                      "outside the ground-truth defect: the image was flagged for something else."))
+                      "outside the ground-truth defect: its hottest point is not the defect."))
     if (int(row), int(col)) == (c, r) and r != c:
         return False, "rows first: numpy's (row, column) is (y, x); `np.unravel_index` returns them in that order."
     if (int(row), int(col)) == (r, c):

@@ -22,6 +22,7 @@ import pandas as pd
 
 from anomaly import bootstrap as B
 from anomaly.models import BASELINES, METHODS
+from anomaly.wording import fmt_ci
 
 _LABELS = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO@0.3",
            "aupro_fpr05": "AUPRO@0.05"}
@@ -104,8 +105,6 @@ def verdict(m: dict[str, Any]) -> str:
 def pairwise_table(pairs: Mapping[tuple[str, str], dict[str, dict[str, Any]]],
                    keys: Sequence[str] = ("image_auroc", "aupro")) -> pd.DataFrame:
     """One row per pair ``a - b``: each metric's margin [95 % interval] and its verdict over seeds."""
-    from anomaly.evidence import fmt_ci
-
     rows = {}
     for (a, b), margin in pairs.items():
         row = {}
@@ -120,8 +119,6 @@ def pairwise_table(pairs: Mapping[tuple[str, str], dict[str, dict[str, Any]]],
 
 def pairwise_text(pairs: Mapping[tuple[str, str], dict[str, dict[str, Any]]], sizes: Mapping[str, int]) -> str:
     """Markdown: one line per pair with its image AUROC and AUPRO margins, the verdicts and the input sizes."""
-    from anomaly.evidence import fmt_ci
-
     lines = []
     for (a, b), margin in pairs.items():
         parts = [f"{_LABELS[k]} {fmt_ci(margin[k]['margin'], margin[k]['ci'], signed=True)}: {verdict(margin[k])}"

@@ -33,7 +33,9 @@ KERNEL = "python3"
 METHODS = ("intensity", "autoencoder", "padim", "patchcore")  # intensity: the no-learning baseline
 PER_METHOD = ("02_training", "03_evaluation")  # executed once per method
 # The kernels inherit these: no progress bars (or tqdm's "IProgress not found" warning) in the executed notebooks.
-KERNEL_ENV = {"TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore:IProgress not found"}
+# QT_API: with ipywidgets installed, tqdm.auto would draw widget bars, which ignore TQDM_DISABLE; a set QT_API makes
+# it pick the console bar (tqdm.autonotebook), which honours it. Nothing here uses Qt.
+KERNEL_ENV = {"TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore:IProgress not found", "QT_API": "headless-report"}
 # Defaults sized for 2 CPU cores: under 10 minutes for the synthetic report, under 20 for MVTec AD screw. The
 # autoencoder trains 30 (synthetic) or 50 (real) epochs instead of its default 100 -- about 2.5 s per epoch over 180
 # images at 128 px on an idle 2-core machine; notebook 02 shows whether its loss is still falling. The data-efficiency
@@ -110,7 +112,8 @@ def run_jobs(jobs: Sequence[Job], out_dir: Path, export: bool = True) -> None:
         target = out_dir / f"{job.stem}.ipynb"
         try:
             papermill.execute_notebook(str(job.source), str(target), parameters=job.parameters, kernel_name=KERNEL,
-                                       language="python", cwd=str(source_checkout() or Path.cwd()), progress_bar=False)
+                                       language="python", cwd=str(source_checkout() or Path.cwd()), progress_bar=False,
+                                       store_widget_state=False)  # a widget's state would pull its JS from a CDN
         except papermill.PapermillExecutionError:
             logger.error("[%d/%d] %s FAILED after %.1f s; executed copy: %s", i, len(jobs), job.stem,
                          time.perf_counter() - start, target)

@@ -23,6 +23,7 @@ from anomaly.exploration import examples, load_samples
 from anomaly.runs import (RunFolderError, check_run_dir, read_dict, read_metrics, read_predictions,
                           read_threshold)
 from anomaly.utils import read_json
+from anomaly.wording import fmt_ci
 
 
 @dataclass
@@ -103,8 +104,6 @@ def metrics_table(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
 def per_defect_table(metrics: dict[str, Any]) -> pd.DataFrame:
     """Per defect type (rounded): test images, image AUROC (that type vs good) with its 95 % interval, recall
     at the threshold, AUPRO@0.3 with its interval."""
-    from anomaly.evidence import fmt_ci
-
     rows = {name: {"n": e["n"], "image AUROC [95 % CI]": fmt_ci(e["image_auroc"], e.get("image_auroc_ci")),
                    "recall at threshold": round(e["recall_at_threshold"], 2),
                    "AUPRO@0.3 [95 % CI]": fmt_ci(e.get("aupro"), e.get("aupro_ci"))}
@@ -146,7 +145,8 @@ def comparison_examples(results: Sequence[RunResults], n: int | None = None) -> 
     return {"images": big.images(chosen), "maps_by_method": maps, "gt_masks": big.predictions["gt_masks"][chosen],
             "ranges": {r.method: r.display_range for r in results}, "titles": [str(types[i]) for i in chosen],
             "scores_by_method": {r.method: r.predictions["image_scores"][chosen] for r in results},
-            "thresholds": {r.method: r.threshold for r in results}}
+            "thresholds": {r.method: r.threshold for r in results},
+            "sizes": {r.method: read_json(Path(r.run_dir) / "model.json")["config"]["image_size"] for r in results}}
 
 
 def fitted_state_table(run_dir: str | Path) -> pd.DataFrame:

@@ -16,7 +16,10 @@ import torch
 from anomaly.calibration import read_calibration
 from anomaly.run_results import RunResults, fitted_state_table
 from anomaly.utils import read_json
-from anomaly.wording import fmt, plural
+from anomaly.wording import fmt, fmt_ci, plural
+
+
+_NAMES = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO@0.3", "aupro_fpr05": "AUPRO@0.05"}
 
 
 def summarise_metrics(metrics: dict[str, Any]) -> str:
@@ -59,12 +62,11 @@ def summarise_metrics(metrics: dict[str, Any]) -> str:
 def summarise_comparison(table: pd.DataFrame, margins: dict[str, Any] | None = None) -> str:
     """Markdown: each method's margin over the best baseline (with its paired interval and, for a trained method,
     its verdict over seeds), the flag-all F1, the best method per metric, and speed at each method's input size."""
-    from anomaly.evidence import fmt_ci
     from anomaly.pairwise import verdict
 
     lines = []
     for method, margin in (margins or {}).items():
-        parts = [f"{key.replace('_', ' ')} {fmt_ci(m['margin'], m['ci'], signed=True)} ({verdict(m)})"
+        parts = [f"{_NAMES.get(key, key)} {fmt_ci(m['margin'], m['ci'], signed=True)}: {verdict(m)}"
                  for key, m in sorted(margin.items())]
         lines.append(f"- **{method}** over the best baseline: " + "; ".join(parts) + ".")
     if "f1_flag_all" in table and table["f1_flag_all"].notna().any():
@@ -79,9 +81,10 @@ def summarise_comparison(table: pd.DataFrame, margins: dict[str, Any] | None = N
     px = table["input_px"] if "input_px" in table else pd.Series(dtype=float)
     speed = ", ".join(f"{k} {v:.1f} ms at {px.get(k, float('nan')):.0f} px" for k, v in
                       table["predict_ms_per_image"].sort_values().items())
-    lines.append(f"- Inference per image on this machine: {speed}. The input sizes differ, so these times compare "
-                 f"methods AND resolutions; fit times: " + ", ".join(f"{k} {v:.0f} s" for k, v in
-                                                                    table["fit_seconds"].items()) + ".")
+    sizes = ("the input sizes differ, so these times compare methods AND resolutions" if px.nunique() > 1
+             else "every method at the same input size")
+    lines.append(f"- Inference per image on this machine: {speed} ({sizes}); fit times: "
+                 + ", ".join(f"{k} {v:.0f} s" for k, v in table["fit_seconds"].items()) + ".")
     return "\n".join(lines)
 
 
@@ -96,7 +99,7 @@ def summarise_efficiency(table: pd.DataFrame, metric: str = "image_auroc") -> st
         reach = (f"the mean first lies inside the full set's seed range at {int(inside.index[0])} images"
                  if len(inside) and inside.index[0] < stats.index[-1] else
                  "no smaller training set reaches the full set's seed range")
-        lines.append(f"- **{method}** ({int(full['count'])} seeds a size): {metric} {first['mean']:.3f} "
+        lines.append(f"- **{method}** ({int(full['count'])} fits a size): {_NAMES.get(metric, metric)} {first['mean']:.3f} "
                      f"[{first['min']:.3f}-{first['max']:.3f}] with {int(stats.index[0])} good images, "
                      f"{full['mean']:.3f} [{full['min']:.3f}-{full['max']:.3f}] with all {int(stats.index[-1])}; {reach}.")
     return "\n".join(lines)

@@ -112,12 +112,12 @@ def triptych(images: Sequence, reconstructions: Sequence, anomaly_maps: Sequence
 def method_gallery(images: Sequence, maps_by_method: Mapping[str, Sequence], gt_masks: Sequence | None = None,
                    ranges: Mapping[str, tuple[float, float]] | None = None,
                    titles: Sequence[str] | None = None, scores_by_method: Mapping[str, Sequence[float]] | None = None,
-                   thresholds: Mapping[str, float] | None = None) -> Figure:
+                   thresholds: Mapping[str, float] | None = None, sizes: Mapping[str, int] | None = None) -> Figure:
     """The same images (rows) under each method's heatmap (columns), each method in its own colour range.
 
     Each method's column gets its colour bar (with its threshold dashed on it) and each panel the image's score
     (``flagged`` when ``score >= threshold``): colours of two methods are not comparable,
-    their scores against their own thresholds are.
+    their scores against their own thresholds are. ``sizes``: each method's input side (px), named on its bar.
     """
     methods = list(maps_by_method)
     fig, axes = new_figure(len(images), 1 + len(methods), cell=2.6)
@@ -136,7 +136,8 @@ def method_gallery(images: Sequence, maps_by_method: Mapping[str, Sequence], gt_
             bar = fig.colorbar(artist, ax=axes[:, j], shrink=0.6, location="bottom")
             if thr is not None:
                 bar.ax.axvline(thr, color="white", linewidth=2, linestyle="--")
-                bar.set_label(f"{method} score (dashed: threshold {thr:.3g})", fontsize=7)
+                size = f" at {sizes[method]} px" if sizes and method in sizes else ""
+                bar.set_label(f"{method}{size} score (dashed: threshold {thr:.3g})", fontsize=7)
     for i, row in enumerate(axes):
         mask = None if gt_masks is None else gt_masks[i]
         _draw_overlay(row[0], images[i], gt_mask=mask, title=titles[i] if titles else "image")

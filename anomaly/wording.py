@@ -36,6 +36,14 @@ def plural(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
+def fmt_ci(value: float | None, ci: Sequence[float] | None = None, signed: bool = False) -> str:
+    """``0.974 [0.944, 0.996]`` (``+0.121 [+0.055, +0.190]`` when ``signed``); blank for None."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    f = "{:+.3f}" if signed else "{:.3f}"
+    return f.format(value) + (f" [{f.format(ci[0])}, {f.format(ci[1])}]" if ci else "")
+
+
 def ordinal(k: int) -> str:
     """1st, 2nd, 3rd, 4th, 11th, 21st, 191st."""
     suffix = "th" if 10 <= k % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(k % 10, "th")
