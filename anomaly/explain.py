@@ -80,7 +80,7 @@ def _patchcore_notes(cfg: dict[str, Any], n: int) -> str:
             f"$1/k$, so the weight lies in $[1-1/k, 1)$ = [{1 - 1 / cfg['num_neighbors']:.3f}, 1) for k = "
             f"{cfg['num_neighbors']}: Eq. 7 can only lower $s^*$, and by little. The map stays the plain "
             f"nearest-neighbour distance, upsampled and smoothed (sigma {cfg['smooth_sigma']:g} px), which lowers "
-            f"a one-patch peak more than Eq. 7 does.")
+            f"a one-patch peak; the nearest-neighbour view below puts the three numbers side by side.")
 
 
 def nearest_patch_pair(run_dir: str | Path, n_search: int = 30, device: str = "cpu") -> dict[str, Any]:
