@@ -39,8 +39,9 @@ KERNEL_ENV = {"TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore:IProgress not found
 # Defaults sized for 2 CPU cores: under 10 minutes for the synthetic report, under 20 for MVTec AD screw. The
 # autoencoder trains 30 (synthetic) or 50 (real) epochs instead of its default 100 -- about 2.5 s per epoch over 180
 # images at 128 px on an idle 2-core machine; notebook 02 shows whether its loss is still falling. The data-efficiency
-# sweep refits PatchCore on 5 subsets; its full-set point reuses the run of notebook 02. Real data otherwise uses
-# the models' defaults (None = the method's own default: autoencoder 128 px, PaDiM and PatchCore 320 px, intensity 256).
+# sweep fits PatchCore per seed at every size; seed 0's full-set point reuses the run of notebook 02. The
+# autoencoder is fitted with 3 training seeds (notebook 02's `seeds`): its verdicts must hold for each. Real data
+# otherwise uses the models' defaults (None = the method's own default: autoencoder 128 px, PaDiM and PatchCore 320 px, intensity 256).
 # The data-efficiency sweep runs 3 seeds (a band in notebook 05); on the synthetic data only 2 subset sizes + the full
 # set, so that `make report` stays under 10 minutes.
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
