@@ -72,7 +72,8 @@ def threshold_figure(calibration_scores: np.ndarray, labels: np.ndarray, scores:
                                                                      state["recall_ci"])]
     for y, (name, value, ci) in enumerate(rows):
         if value is not None:
-            ax.errorbar([value], [y], xerr=[[value - ci[0]], [ci[1] - value]], fmt="o", capsize=4, color="black")
+            err = [[max(value - ci[0], 0.0)], [max(ci[1] - value, 0.0)]]  # Wilson bounds can miss 0 of n by 1e-17
+            ax.errorbar([value], [y], xerr=err, fmt="o", capsize=4, color="black")
     lo, hi = state["precision_range"]
     if lo is not None and hi is not None:
         ax.plot([lo, hi], [2, 2], color="tab:purple", linewidth=4, solid_capstyle="butt")

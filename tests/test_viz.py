@@ -93,6 +93,7 @@ def test_coreset_figure_and_threshold_explorer():
     assert 0 < lo < hi < 1
     fig = explorer.threshold_figure(np.linspace(0, 1, 20), labels, scores, 0.75, 0.01, calibrated=0.9)
     assert len(fig.axes) == 3 and "recall 0.700" in fig.axes[2].get_title()
+    explorer.threshold_figure(np.linspace(0, 1, 20), labels, scores, 99.0, 0.01)  # 0 of n rejected: no error bar < 0
     slider = explorer.threshold_slider(np.linspace(0, 1, 20), labels, scores, 0.75, 0.01)
     bundle = slider._repr_mimebundle_()
     assert "application/vnd.jupyter.widget-view+json" in bundle and "JupyterLab" in bundle["text/plain"]
