@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from anomaly.config import RunConfig
-from anomaly.models import TRAINED
+from anomaly.models import BASELINES, TRAINED
 from anomaly.runs import is_evaluated
 from anomaly.utils import read_json, write_json
 
@@ -125,10 +125,13 @@ def spread(run_dir: str | Path, metric: str = "image_auroc") -> dict[str, Any] |
 
 def spread_text(run_dir: str | Path, method: str, metric: str = "image_auroc") -> str:
     """Markdown: the seed spread of ``metric`` beside the bootstrap interval, or why there is none."""
+    if method in BASELINES:
+        return f"`{method}` learns nothing: there is no training to vary, so it is fitted once."
     if method not in TRAINED:
         return (f"`{method}` is not trained by gradient descent (`anomaly.models.TRAINED`): its fit is one "
-                f"deterministic pass for its seed, so it is fitted once. Its fit-to-fit noise (the coreset's or "
-                f"channel subset's seed) shows in notebook 05's data-efficiency band at the full training set.")
+                f"deterministic pass for its seed, so it is fitted once. What its seed does move (PatchCore's "
+                f"coreset, PaDiM's channel subset) shows in notebook 05's data-efficiency band at the full training "
+                f"set, for the methods it sweeps (refitted per seed).")
     s = spread(run_dir, metric)
     if s is None:
         return (f"Only one training seed of `{method}` was evaluated: no statement about it can be told apart "

@@ -126,7 +126,8 @@ def decimals_text(value: float, ci: Sequence[float] | None, name: str = "image A
     width = ci[1] - ci[0]
     place = max(1, math.ceil(-math.log10(width)))
     return (f"This run's {name} is {value:.3f} with a 95 % interval {ci[0]:.3f}-{ci[1]:.3f} ({width:.3f} wide): "
-            f"digits from the {ordinal(place)} decimal on are inside the interval's width, so they are noise.")
+            f"digits from the {ordinal(place)} decimal on are inside the interval's width: read them as uncertain, "
+            f"and the interval, not the last decimal, as the result.")
 
 
 def calibration_text(run_dir: str | Path, metrics: dict[str, Any], defect_rate: float) -> str:
