@@ -251,7 +251,7 @@ def detection_by_size_figure(table: pd.DataFrame) -> Figure:
         if key == "auroc":
             ax.axhline(0.5, color="black", linewidth=0.8, linestyle="--", label="chance")
         ax.set_xticks(np.arange(len(areas)), labels, fontsize=7)
-        ax.set(ylim=(-0.02, 1.02), xlabel="defect area (% of the image; n defective images, same for every method)",
+        ax.set(ylim=(-0.02, 1.02), xlabel="defect area, % of image (n: the same images for every method)",
                ylabel=title.split(" (")[0], title=title)
         ax.grid(alpha=0.3)
     axes[0, 1].legend(fontsize=8)
