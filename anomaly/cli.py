@@ -158,8 +158,12 @@ def cmd_ablation(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from anomaly.report import build_report
+    from anomaly.report import build_report, write_student_version
 
+    if args.student:
+        for path in write_student_version(Path(args.out), args.notebooks.split(",") if args.notebooks else None):
+            print(path)
+        return
     index = build_report(Path(args.out), data=args.data, category=args.category,
                          synthetic_dir=Path(args.synthetic_dir), runs_dir=Path(args.runs_dir),
                          params=_parse_set(args.set), notebooks=args.notebooks.split(",") if args.notebooks else None)
@@ -276,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--notebooks", help="comma-separated subset, e.g. 01,03 (default: all)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="notebook parameter override (unknown names are an error)")
+    p.add_argument("--student", action="store_true",
+                   help="write the student version instead: the notebooks with exercise solutions blank and no "
+                        "outputs, into --out (nothing is run)")
     p.set_defaults(func=cmd_report)
 
     add_check_data_command(sub)

@@ -244,6 +244,16 @@ def gaussian_parameters(shift: torch.Tensor, total: torch.Tensor, outer: torch.T
     return (shift.double() + mean_shifted).float(), inv.float()
 
 
+def gaussians_from_features(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and inverse regularised covariance of features ``x`` (P, N, d), one Gaussian per position (P, d), (P, d, d).
+
+    The same sums :meth:`PaDiM._fit` streams over batches, here over one tensor (notebook 02 checks it by hand).
+    """
+    shift = x.mean(1)  # (P, d)
+    delta = x - shift[:, None]  # (P, N, d)
+    return gaussian_parameters(shift, delta.sum(1), delta.transpose(1, 2) @ delta, x.shape[1], eps)
+
+
 def mahalanobis(x: torch.Tensor, mean: torch.Tensor, inv_covariance: torch.Tensor) -> torch.Tensor:
     """Mahalanobis distance of every feature to its position's Gaussian, all positions at once.
 
