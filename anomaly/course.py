@@ -132,6 +132,20 @@ LESSONS: dict[str, Lesson] = {
         ("A difference is real only when its paired interval excludes 0 -- and, for a trained model, for every seed.",
          "Compare methods at their stated input sizes: speed and fine detail depend on them.",
          "The no-learning baseline and the flag-every-part F1 are the floors every result must clear.")),
+    "06_own_parts": Lesson(
+        "Your own parts: from a folder of photos to a calibrated station",
+        ("how to hand the project a plain folder of good photos (and a few defective ones, if you have them)",
+         "why the data is checked before any fit: duplicates across training and test, unreadable files, masks "
+         "that do not match, too few good photos for the false-reject rate",
+         "how many good parts a day the calibrated threshold sends to re-inspection, and how to move it without "
+         "refitting",
+         "the commands that put the run on the line"),
+        ("nothing but the package; notebooks 02 and 03 explain the detectors and the operating point in depth",),
+        ("FRR", "recall", "conformal threshold", "cross-fitting", "calibration scores", "Wilson interval"),
+        ("The data check runs before every fit; a copy across training and test would inflate every number.",
+         "With good photos only the run is calibrated but unmeasured: recall needs defective photos.",
+         "The conformal threshold's expected false-reject rate is (n + 1 - k)/(n + 1), at most the target.",
+         "`anomaly threshold` moves the operating point from the stored calibration scores; no refit.")),
 }
 
 

@@ -209,9 +209,47 @@ def _bootstrap(answer: Any, metrics: dict) -> tuple[bool, str]:
     return False, "resample good and defective test images separately, with replacement, and take percentiles 2.5/97.5."
 
 
+# -- 06: your own parts --------------------------------------------------------------------------
+def _rethreshold(answer: Any, scores: Sequence[float], alpha: float) -> tuple[bool, str]:
+    values = np.sort(np.asarray(scores, dtype=np.float64))
+    n = values.size
+    k = conformal_rank(n, alpha)
+    if k > n:
+        expected = float(values[-1])
+        if _close(answer, expected, 1e-9 * max(1.0, abs(expected))):
+            return True, f"k = {k} > n = {n}: the target cannot be met, so the largest score is the best there is."
+        return False, f"k = ⌈{n + 1} × {1 - alpha:g}⌉ = {k} > n = {n}: with so few scores take the largest one."
+    expected = float(values[k - 1])
+    if _close(answer, expected, 1e-9 * max(1.0, abs(expected))):
+        return True, (f"the {ordinal(k)} smallest of {n} scores, {expected:.4g}: `anomaly threshold --target-frr "
+                      f"{alpha:g}` writes the same threshold (just above it) without refitting.")
+    k_n = max(1, math.ceil(n * (1 - alpha) - 1e-12))
+    if _close(answer, values[k_n - 1], 1e-9 * max(1.0, abs(float(values[k_n - 1])))):
+        return False, "you used n; the conformal rank uses n + 1 (the new part counts as one more score)."
+    if 1 <= n + 1 - k <= n and _close(answer, values[n - k], 1e-9 * max(1.0, abs(float(values[n - k])))):
+        return False, "that is the k-th LARGEST; sort the scores in increasing order."
+    return False, "sort the good calibration scores, k = ⌈(n + 1)(1 − alpha)⌉, and take the k-th smallest."
+
+
+def _reinspections(answer: Any, n: int, alpha: float, good_parts: int) -> tuple[bool, str]:
+    k = conformal_rank(n, alpha)
+    rate = max(n + 1 - k, 0) / (n + 1)  # the expected share of good parts above the k-th of n scores
+    expected = good_parts * rate
+    if _close(answer, expected, 1e-6 * max(1.0, expected)):
+        return True, (f"(n + 1 − k)/(n + 1) = {n + 1 - k}/{n + 1} = {rate:.4f} of {good_parts} good parts: "
+                      f"{expected:.1f}, at most alpha × {good_parts} = {alpha * good_parts:g}.")
+    if _close(answer, alpha * good_parts, 1e-6 * max(1.0, alpha * good_parts)):
+        return False, ("alpha is the target, an upper bound; the rank k is an integer, so the threshold's expected "
+                       "rate is (n + 1 − k)/(n + 1), which can be lower.")
+    if n and _close(answer, good_parts * (n - k) / n, 1e-6 * max(1.0, expected)):
+        return False, "you used n; with the new part there are n + 1 exchangeable scores."
+    return False, "the new good part is above the k-th smallest of n good scores with probability (n + 1 − k)/(n + 1)."
+
+
 CHECKS: dict[str, Callable[..., tuple[bool, str]]] = {
     "01.1": _defect_rate, "01.2": _flag_all_f1, "02.1": _rank, "02.2": _fewest_scores, "03.1": _auroc,
-    "03.2": _wilson_upper, "04.1": _peak, "04.2": _outlined, "05.1": _margin, "05.2": _bootstrap}
+    "03.2": _wilson_upper, "04.1": _peak, "04.2": _outlined, "05.1": _margin, "05.2": _bootstrap,
+    "06.1": _reinspections, "06.2": _rethreshold}
 
 
 # -- the student version -----------------------------------------------------------------------------

@@ -111,3 +111,14 @@ def test_cli_writes_the_student_version(tmp_path):
 
     assert cli.main(["report", "--student", "--out", str(tmp_path / "student"), "--notebooks", "03"]) == 0
     assert [p.name for p in (tmp_path / "student").iterdir()] == ["03_evaluation.ipynb"]
+
+
+def test_own_parts_exercises():
+    # 120 scores at alpha 0.02: k = ceil(121 * 0.98) = 119, expected rate 2/121
+    _ok(exercises.check("06.1", 1000 * 2 / 121, n=120, alpha=0.02, good_parts=1000))
+    _ok(exercises.check("06.1", 20.0, n=120, alpha=0.02, good_parts=1000), False, "alpha is the target")
+    scores = np.arange(1.0, 41.0)[::-1]  # 40 scores, unsorted; alpha 0.05: k = ceil(41 * 0.95) = 39
+    _ok(exercises.check("06.2", 39.0, scores=scores, alpha=0.05))
+    _ok(exercises.check("06.2", 38.0, scores=scores, alpha=0.05), False, "you used n")
+    _ok(exercises.check("06.2", 2.0, scores=scores, alpha=0.05), False, "LARGEST")
+    _ok(exercises.check("06.2", 40.0, scores=scores[:10], alpha=0.05))  # k = 11 > 10: the largest score
