@@ -11,7 +11,7 @@ SYNTH_DIR := data/synthetic
 REPORT_DIR ?= reports
 PYTEST_ARGS ?=
 
-.PHONY: install test report lab synth benchmark ablation ray-throughput screenshot clean
+.PHONY: install test report student lab synth benchmark ablation ray-throughput screenshot clean
 
 install: $(STAMP)
 
@@ -26,6 +26,11 @@ test: $(STAMP)
 
 report: $(STAMP)
 	$(BIN)/python -m anomaly report --out $(REPORT_DIR) $(if $(DATA),--data $(DATA) --category $(CATEGORY),--synthetic-dir $(SYNTH_DIR) --category $(CATEGORY))
+
+# The course's student version: the notebooks with exercise solutions blank and no outputs (docs/course.md).
+STUDENT_DIR ?= student
+student: $(STAMP)
+	$(BIN)/python -m anomaly report --student --out $(STUDENT_DIR)
 
 synth: $(STAMP)
 	$(BIN)/anomaly synth --out $(SYNTH_DIR)

@@ -89,10 +89,23 @@ def upload(page: Any, path: str | Path, timeout_ms: float = 60_000) -> Any:
     before = page.locator("#results .result").count()
     page.set_input_files("#file-input", str(path))
     card = page.locator("#results .result").first
-    page.wait_for_function(f"document.querySelectorAll('#results .result').length > {before} && "
-                           "document.querySelector('#results .result').dataset.state !== 'pending'",
-                           timeout=timeout_ms)
+    wait_until(page, f"document.querySelectorAll('#results .result').length > {before} && "
+                     "document.querySelector('#results .result').dataset.state !== 'pending'", timeout_ms)
     return card
+
+
+def wait_until(page: Any, expression: str, timeout_ms: float = 60_000, poll_s: float = 0.05) -> None:
+    """Poll ``expression`` in ``page`` until it is truthy (TimeoutError after ``timeout_ms``).
+
+    ``page.evaluate`` runs over the DevTools protocol, so the page's Content-Security-Policy (no
+    ``'unsafe-eval'``) allows it; Playwright's ``wait_for_function`` evaluates its predicate with
+    ``eval`` inside the page, which that policy refuses.
+    """
+    deadline = time.monotonic() + timeout_ms / 1000
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{expression!r} still false after {timeout_ms:.0f} ms")
+        time.sleep(poll_s)
 
 
 def screenshot_station(run_dir: str | Path, image: str | Path, out: str | Path, runtime: str = "torch") -> dict[str, Any]:
@@ -112,7 +125,7 @@ def screenshot_station(run_dir: str | Path, image: str | Path, out: str | Path, 
         card = upload(page, image)
         if card.get_attribute("data-state") != "done":
             raise ValueError(f"the page rejected {image}: {card.inner_text()}")
-        page.wait_for_function("document.querySelector('#results img.heatmap').complete")
+        wait_until(page, "document.querySelector('#results img.heatmap').complete")
         page.screenshot(path=str(out), full_page=True)
         result = {"screenshot": str(out), "score": float(card.get_attribute("data-score")),
                   "verdict": card.locator(".verdict").inner_text(), "verdict_ms": int(card.get_attribute("data-ms"))}

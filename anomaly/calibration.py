@@ -163,13 +163,14 @@ def resolve_folds(detector: Detector, folds: int | None) -> int:
     return folds
 
 
-def decision_metrics(out: dict[str, np.ndarray], decision: dict[str, Any]) -> dict[str, Any]:
-    """Realised FRR / recall with Wilson intervals, the oracle recall, and region detection (``regions``)."""
+def decision_metrics(out: dict[str, np.ndarray], decision: dict[str, Any], regions: bool = True) -> dict[str, Any]:
+    """Realised FRR / recall with Wilson intervals, the oracle recall, and region detection (``regions``;
+    left out when ``regions`` is False: a test set without masks)."""
     result = operating_point_metrics(out["labels"], out["image_scores"], float(decision["threshold"]),
                                      decision.get("target_frr"))
     result.update({"estimator": decision.get("estimator"), "calibration": decision.get("calibration"),
                    "n_calibration_scores": decision.get("n_scores"), "target_reachable": decision.get("reachable")})
-    if decision.get("pixel_threshold") is not None:
+    if regions and decision.get("pixel_threshold") is not None:
         result["regions"] = {"pixel_fpr": decision.get("pixel_fpr"),
                              **region_metrics(out["anomaly_maps"], out["gt_masks"], out["labels"],
                                               float(decision["pixel_threshold"]))}

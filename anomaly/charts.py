@@ -103,7 +103,8 @@ def score_histogram(labels: np.ndarray, scores: np.ndarray, threshold: float,
     if oracle_threshold is not None:
         ax.axvline(oracle_threshold, color="purple", linestyle="--", linewidth=1.5,
                    label=f"ORACLE F1 threshold {oracle_threshold:.4g} (uses test labels)")
-    ax.set(xlabel="image anomaly score", ylabel="test images", title="score distributions")
+    ax.set(xlabel="image anomaly score", ylabel="images per bin (filled: test; outline: calibration)",
+           title="score distributions")
     ax.legend(fontsize=8)
     return fig
 
@@ -147,7 +148,8 @@ def data_efficiency_figure(table: pd.DataFrame, metrics: Sequence[str] = ("image
         for method, rows in table.groupby("method"):
             stats = rows.groupby("n_train")[metric].agg(["mean", "min", "max"])
             n_seeds = rows["seed"].nunique() if "seed" in rows else 1
-            line, = ax.plot(stats.index, stats["mean"], marker="o", label=f"{method} (mean of {n_seeds} seeds)")
+            line, = ax.plot(stats.index, stats["mean"], marker="o",
+                            label=f"{method} (mean of {n_seeds} fits; band: min-max)")
             ax.fill_between(stats.index, stats["min"], stats["max"], color=line.get_color(), alpha=0.2)
         for name, values in (baselines or {}).items():
             if metric in values:
@@ -173,7 +175,10 @@ def comparison_figure(metrics_by_method: Mapping[str, Mapping], keys: Sequence[s
         cis = np.array([m.get(f"{k}_ci") or [v, v] for k, v in zip(keys, values)], dtype=float)
         err = np.abs(cis.T - values)  # (2, K)
         ax.bar(np.arange(len(keys)) + j * width, values, width, yerr=err, capsize=3, label=method)
-    ax.axhline(0.5, color="black", linewidth=0.8, linestyle="--", label="chance (AUROC)")
+    for i, key in enumerate(keys):  # chance is 0.5 for an AUROC only; AUPRO has no such line
+        if key.endswith("auroc"):
+            ax.hlines(0.5, i - width / 2, i + 0.8 - width / 2, color="black", linewidth=0.8, linestyle="--",
+                      label="chance (AUROC only)" if i == 0 else None)
     ax.set_xticks(np.arange(len(keys)) + 0.4 - width / 2, [k.replace("_", " ") for k in keys])
     ax.set(ylim=(0, 1.05), ylabel="value (95 % bootstrap interval)", title="test metrics per method")
     ax.legend(fontsize=8, loc="lower left")
@@ -204,7 +209,7 @@ def operating_point_figure(calibration_scores: np.ndarray, labels: np.ndarray, s
                                  (scores[labels == 1], "tab:red", "test defective")):
         ax.hist(values, bins=edges, density=True, alpha=0.45, color=colour, label=f"{name} (n={len(values)})")
     ax.axvline(threshold, color="black", linewidth=1.5, label=f"threshold {threshold:.4g}")
-    ax.set(xlabel="image anomaly score", ylabel="density", title="scores")
+    ax.set(xlabel="image anomaly score", ylabel="density (each histogram has area 1)", title="scores")
     ax.legend(fontsize=7)
     ax = axes[0, 1]
     fpr, tpr = M.roc_curve_points(labels.astype(int), scores)
@@ -223,25 +228,36 @@ def operating_point_figure(calibration_scores: np.ndarray, labels: np.ndarray, s
 
 
 def detection_by_size_figure(table: pd.DataFrame) -> Figure:
-    """Recall at the threshold and image AUROC vs good, per defect-area bin (x) and method (lines).
+    """Recall at the threshold (Wilson) and image AUROC vs good (bootstrap), per defect-area bin, with 95 % intervals.
 
     Args:
-        table: :func:`anomaly.evidence.size_table` (index: defect area, n; columns: (metric, method)).
+        table: :func:`anomaly.sizes.size_table` (long: method, defect area, n, value and interval columns). Every
+            method's bins hold the same images (areas from the original masks); x labels give their n.
     """
     fig, axes = new_figure(1, 2, cell=4.2)
-    n = table["n"].max(axis=1)  # defective images per bin (at the largest map size)
-    labels = [f"{area}\n(n={n[area]:.0f})" for area in table.index]
-    x = np.arange(len(labels))
-    for ax, metric in zip(axes[0], ("recall at threshold", "image AUROC vs good")):
-        for method in table[metric].columns:
-            ax.plot(x, table[metric][method].to_numpy(dtype=float), marker="o", label=method)
-        if metric.startswith("image AUROC"):
+    areas = list(dict.fromkeys(table["defect area"]))
+    n = table.groupby("defect area", sort=False)["n"].first()
+    labels = [f"{area}\n(n={n[area]})" for area in areas]
+    methods = list(dict.fromkeys(table["method"]))
+    offset = np.linspace(-0.15, 0.15, len(methods)) if len(methods) > 1 else np.zeros(1)
+    for ax, (key, title) in zip(axes[0], (("recall", "recall at threshold (95 % Wilson)"),
+                                          ("auroc", "image AUROC vs good (95 % bootstrap)"))):
+        for j, method in enumerate(methods):
+            rows = table[table["method"] == method].set_index("defect area").reindex(areas)
+            x = np.arange(len(areas)) + offset[j]
+            value = rows[key].to_numpy(dtype=float)
+            err = np.abs(rows[[f"{key}_lo", f"{key}_hi"]].to_numpy(dtype=float).T - value)
+            ax.errorbar(x, value, yerr=err, marker="o", capsize=2, label=method)
+        if key == "auroc":
             ax.axhline(0.5, color="black", linewidth=0.8, linestyle="--", label="chance")
-        ax.set_xticks(x, labels, fontsize=7)
-        ax.set(ylim=(-0.02, 1.02), xlabel="defect area (% of the image)", ylabel=metric, title=metric)
+        ax.set_xticks(np.arange(len(areas)), labels, fontsize=7)
+        ax.set(ylim=(-0.02, 1.02), xlabel="defect area, % of image (n: the same images for every method)",
+               ylabel=title.split(" (")[0], title=title)
         ax.grid(alpha=0.3)
     axes[0, 1].legend(fontsize=8)
     return fig
+
+
 def new_figure(nrows: int, ncols: int, cell: float = 3.0, squeeze: bool = False) -> tuple[Figure, np.ndarray]:
     fig = Figure(figsize=(cell * ncols, cell * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=squeeze)

@@ -15,7 +15,9 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from anomaly.cli_data import add_check_data_command, add_data_arguments, check_before_fit
 from anomaly.models import METHODS
+from anomaly.models.base import MAX_IMAGE_SIZE
 from anomaly.thresholds import DEFAULT_ESTIMATOR, DEFAULT_PIXEL_FPR, DEFAULT_TARGET_FRR, ESTIMATORS
 
 logger = logging.getLogger("anomaly")
@@ -58,6 +60,7 @@ _port = _checked(int, lambda v: 1 <= v <= 65535, "a port number from 1 to 65535"
 _positive_float = _checked(float, lambda v: 0 < v < float("inf"), "a number > 0")
 _rate = _checked(float, lambda v: 0 < v < 1, "a rate strictly between 0 and 1 (e.g. 0.05)")
 _folds = _checked(int, lambda v: v == 0 or v >= 2, "an integer >= 2 (or 0: a validation split)")
+_image_side = _checked(int, lambda v: 1 <= v <= MAX_IMAGE_SIZE, f"an image side from 1 to {MAX_IMAGE_SIZE} px")
 
 
 def _model_params(args: argparse.Namespace) -> dict[str, Any]:
@@ -84,7 +87,8 @@ def cmd_fit(args: argparse.Namespace) -> None:
 
     settings = {key: getattr(args, key) for key in RunConfig.field_names() if key != "params"}
     config = RunConfig.from_dict({**settings, "params": _model_params(args)})
-    run_dir = fit_run(config, args.run_dir)
+    check = check_before_fit(config, allow_duplicates=args.allow_duplicates)
+    run_dir = fit_run(config, args.run_dir, data_check=check)
     print(run_dir)
 
 
@@ -123,27 +127,26 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> None:
     from anomaly.inspection import inspect_paths, list_images, runtime_scorer
-    from anomaly.pipeline import load_run, predict_paths
+    from anomaly.pipeline import iter_predictions, load_run
 
     inputs = _predict_inputs(args)
+    paths = list_images(inputs)  # up front: a missing input or a FIFO is refused before the run loads
     run = load_run(args.run_dir, device="cpu" if args.engine == "ray" else args.device)
     if args.engine == "ray":
         from anomaly.distributed import inspect_paths_ray
 
         print(json.dumps(inspect_paths_ray(
-            run, inputs, args.csv, args.parquet, heatmap_dir=args.heatmaps, batch_size=args.batch_size,
+            run, paths, args.csv, args.parquet, heatmap_dir=args.heatmaps, batch_size=args.batch_size,
             runtime=args.runtime, threads=args.threads, actors=args.actors, address=args.address, device=args.device)))
         return
-    args.images = inputs
     if args.csv:
-        summary = inspect_paths(run, args.images, args.csv, heatmap_dir=args.heatmaps, batch_size=args.batch_size,
+        summary = inspect_paths(run, paths, args.csv, heatmap_dir=args.heatmaps, batch_size=args.batch_size,
                                 runtime=args.runtime, threads=args.threads)
         print(json.dumps(summary))
         return
-    heatmap_dir = Path(args.heatmap_dir) if args.heatmap_dir else Path(args.run_dir) / "heatmaps"
     scorer = runtime_scorer(run, args.runtime, args.threads)
-    for record in predict_paths(run, list_images(args.images), heatmap_dir=heatmap_dir, scorer=scorer):
-        print(json.dumps(record))
+    for record in iter_predictions(run, paths, heatmap_dir=args.heatmap_dir, scorer=scorer):
+        print(json.dumps(record, allow_nan=False), flush=True)  # a non-finite score was refused: always valid JSON
 
 
 def _predict_inputs(args: argparse.Namespace) -> list[str]:
@@ -187,8 +190,12 @@ def cmd_ablation(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from anomaly.report import build_report
+    from anomaly.report import build_report, write_student_version
 
+    if args.student:
+        for path in write_student_version(Path(args.out), args.notebooks.split(",") if args.notebooks else None):
+            print(path)
+        return
     index = build_report(Path(args.out), data=args.data, category=args.category,
                          synthetic_dir=Path(args.synthetic_dir), runs_dir=Path(args.runs_dir),
                          params=_parse_set(args.set), notebooks=args.notebooks.split(",") if args.notebooks else None)
@@ -217,19 +224,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("synth", help="write the built-in synthetic MVTec-like dataset")
     p.add_argument("--out", required=True, help="output root (categories are written under it)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--image-size", type=_image_side, default=256)
     p.add_argument("--n-train", type=int, default=200)
     p.add_argument("--n-test-good", type=int, default=40)
     p.add_argument("--n-per-defect", type=int, default=15)
     p.add_argument("--categories", default="screw_like,texture", help="comma-separated; also screw_aligned (pose fixed)")
     p.set_defaults(func=cmd_synth)
 
-    p = sub.add_parser("fit", help="fit a detector on train/good and write a run folder")
+    p = sub.add_parser("fit", help="check the data, fit a detector on good images and write a run folder")
     p.add_argument("--method", required=True, choices=METHODS)
-    p.add_argument("--data", required=True, help="dataset root in MVTec AD layout")
-    p.add_argument("--category", required=True)
+    add_data_arguments(p)
+    p.add_argument("--allow-duplicates", action="store_true",
+                   help="fit even when the data check finds duplicates across training and test images")
     p.add_argument("--run-dir", required=True)
-    p.add_argument("--image-size", type=_positive_int)
+    p.add_argument("--image-size", type=_image_side, help="the model's input side (default: the method's)")
     p.add_argument("--epochs", type=_positive_int, help="autoencoder only")
     p.add_argument("--backbone", help="padim/patchcore: efficientnet_lite0|lite1|lite2 or a timm name")
     p.add_argument("--weights", help="padim/patchcore: local state_dict for --backbone (never downloaded)")
@@ -263,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="score image files or folders; one JSON line per image, or a CSV (--csv)")
     p.add_argument("--run-dir", required=True)
-    p.add_argument("--heatmap-dir", help="JSON mode: where heatmap PNGs go (default RUN_DIR/heatmaps)")
+    p.add_argument("--heatmap-dir", help="JSON mode: write a heatmap PNG per image here (default: none; never into "
+                                         "the run folder unless asked)")
     p.add_argument("--csv", help="stream one row per image into this CSV (resumes: paths already in it are skipped)")
     p.add_argument("--heatmaps", metavar="OUT", help="--csv mode: write a heatmap PNG per image here (default: none)")
     p.add_argument("--batch-size", type=_positive_int, default=8, help="--csv mode: images scored together")
@@ -316,7 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--notebooks", help="comma-separated subset, e.g. 01,03 (default: all)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="notebook parameter override (unknown names are an error)")
+    p.add_argument("--student", action="store_true",
+                   help="write the student version instead: the notebooks with exercise solutions blank and no "
+                        "outputs, into --out (nothing is run)")
     p.set_defaults(func=cmd_report)
+
+    add_check_data_command(sub)
 
     from anomaly.cli_service import add_service_commands  # here: cli_service imports this module
 

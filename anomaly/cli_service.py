@@ -12,7 +12,7 @@ import json
 import logging
 from pathlib import Path
 
-from anomaly.cli import RUNTIME_HELP, RUNTIMES, _port, _positive_float, _positive_int
+from anomaly.cli import RUNTIME_HELP, RUNTIMES, _image_side, _port, _positive_float, _positive_int
 
 
 def add_service_commands(sub: argparse._SubParsersAction) -> None:
@@ -59,7 +59,7 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("latency", help="per-image latency, PyTorch vs onnxruntime, batch 1 and 8")
     p.add_argument("--run-dir", required=True)
-    p.add_argument("--image-size", type=_positive_int, help="input side in px (default: the run's image size)")
+    p.add_argument("--image-size", type=_image_side, help="input side in px (default: the run's image size)")
     p.add_argument("--repeats", type=_positive_int, default=20)
     p.add_argument("--threads", type=_positive_int, help="intra-op threads for both runtimes (default: all cores)")
     p.set_defaults(func=cmd_latency)
@@ -70,6 +70,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     from anomaly.export import set_torch_threads
     from anomaly.http_guards import allowed_hosts
+    from anomaly.memory import limit_allocator
     from anomaly.service import create_app
     from anomaly.web import api_key_from, settings_to_env
 
@@ -78,6 +79,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     settings = dict(run_dir=str(Path(args.run_dir).resolve()), runtime=args.runtime, threads=args.threads,
                     max_upload_bytes=int(args.max_upload_mb * 2**20), allowed_hosts=hosts)
     api_key = api_key_from(args.api_key_file)  # checked here, so a bad key file exits 2 before any worker starts
+    limit_allocator()  # this process, and (through MALLOC_* variables) the worker processes
     if args.workers == 1:
         app = create_app(**settings, api_key=api_key)
         uvicorn.run(app, host=args.host, port=args.port, log_level="info")
@@ -98,9 +100,12 @@ def cmd_station(args: argparse.Namespace) -> None:
 
 
 def cmd_loadtest(args: argparse.Namespace) -> None:
+    from anomaly.decoding import require_regular_file
     from anomaly.loadtest import run_loadtest
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per request
+    if args.image:
+        require_regular_file(Path(args.image), f"--image {args.image}")  # a FIFO would block here
     image = Path(args.image).read_bytes() if args.image else None
     result = run_loadtest(args.url, n_requests=args.requests, concurrency=args.concurrency, image=image,
                           timeout_s=args.timeout_s)

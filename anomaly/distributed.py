@@ -19,9 +19,7 @@ node. How the run reaches the workers: :mod:`anomaly.ray_workers`.
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import csv
 import json
 import logging
 import math
@@ -33,9 +31,10 @@ from typing import Any, Iterator, Sequence
 
 from tqdm.auto import tqdm
 
-from anomaly.inspection import COLUMNS, batched, done_paths, list_images
+from anomaly.inspection import batched, list_images
 from anomaly.ray_cluster import RayUnavailableError, ResourcePlan, cluster_size, plan_resources, ray_session
 from anomaly.ray_workers import Decoder, RunScorer, ScoringRun, run_payload
+from anomaly.results_csv import ResultsCsv, path_text, run_fingerprint
 from anomaly.results_parquet import ParquetResults
 
 logger = logging.getLogger(__name__)
@@ -68,9 +67,10 @@ def inspect_paths_ray(run: Any, inputs: Sequence[str | Path], csv_path: str | Pa
         raise ValueError("--engine ray needs --csv FILE and/or --parquet FOLDER")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    sinks = [s for s in (CsvResults(csv_path) if csv_path else None,
-                         ParquetResults(parquet_path) if parquet_path else None) if s is not None]
-    paths = list_images(inputs)
+    paths = list_images(inputs)  # before any writer: a missing input is refused with nothing opened
+    fingerprint = run_fingerprint(run)  # each writer refuses, unchanged, a file of another run or not ours
+    sinks = [s for s in (ResultsCsv(csv_path, fingerprint) if csv_path else None,
+                         ParquetResults(parquet_path, fingerprint) if parquet_path else None) if s is not None]
     todo = pending_union(paths, sinks)
     summary: dict[str, Any] = {"engine": "ray", "images": len(paths), "skipped": len(paths) - len(todo),
                                "written": 0, "errors": 0, "anomalous": 0}
@@ -92,7 +92,7 @@ def inspect_paths_ray(run: Any, inputs: Sequence[str | Path], csv_path: str | Pa
     from anomaly.pipeline import peak_rss_mib
 
     return {**summary, "seconds": seconds, "images_per_s": summary["written"] / seconds if seconds else 0.0,
-            "peak_rss_mib": peak_rss_mib(), "csv": None if csv_path is None else str(csv_path),
+            "peak_rss_mib": peak_rss_mib(), "csv": None if csv_path is None else str(csv_path), "run": fingerprint,
             "parquet": None if parquet_path is None else str(parquet_path)}
 
 
@@ -186,41 +186,17 @@ def _rows_of(result: dict[str, Any], chunk: list[Path]) -> list[dict[str, Any]]:
 
 def pending_union(paths: list[Path], sinks: Sequence[Any]) -> list[Path]:
     """``paths`` missing from at least one of the writers (each path is listed once)."""
-    return [p for p in paths if any(sink.done[str(p)] == 0 for sink in sinks)]
+    texts = [path_text(p) for p in paths]
+    return [p for p, text in zip(paths, texts) if any(sink.done[text] == 0 for sink in sinks)]
 
 
 def unwritten(sinks: Sequence[Any], row: dict[str, Any]) -> list[Any]:
     """The writers that do not hold ``row`` yet (those that do hold it consume one count)."""
-    out = []
+    out, text = [], path_text(row["path"])
     for sink in sinks:
-        if sink.done[row["path"]] > 0:
-            sink.done[row["path"]] -= 1
+        if sink.done[text] > 0:
+            sink.done[text] -= 1
         else:
             out.append(sink)
     return out
 
-
-class CsvResults:
-    """The inspection CSV opened to append: the local engine's file and resume rule (:mod:`anomaly.inspection`)."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.done = collections.Counter(done_paths(self.path))
-
-    def __enter__(self) -> "CsvResults":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        new = not self.path.exists() or self.path.stat().st_size == 0
-        self._handle = self.path.open("a", newline="", encoding="utf-8")
-        self._writer = csv.writer(self._handle)
-        if new:
-            self._writer.writerow(COLUMNS)
-        return self
-
-    def write(self, row: dict[str, Any]) -> None:
-        self._writer.writerow([row[c] for c in COLUMNS])
-
-    def flush(self) -> None:
-        self._handle.flush()
-
-    def __exit__(self, *exc: Any) -> None:
-        self._handle.close()

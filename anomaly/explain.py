@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from anomaly import data as D
+from anomaly.folders import run_data
 from anomaly.utils import read_json
 
 RUNS_ROOT = "weights/report"
@@ -58,8 +59,9 @@ def _padim_notes(run_dir: Path, cfg: dict[str, Any], n: int) -> str:
             f"(rank $\\le N-1$); with {n} it is invertible but its smallest eigenvalues are noise, and "
             f"$\\Sigma^{{-1}}$ would blow them up, so PaDiM adds $\\epsilon I$ ($\\epsilon$ = {cfg['eps']:g}). "
             f"Measured on this run: the largest eigenvalue of $\\Sigma^{{-1}}$ at the centre position is {top:.3g}, "
-            f"never above $1/\\epsilon$ = {1 / cfg['eps']:.0f}. The paper fits on ~180-290 images per category "
-            f"(MVTec AD's train sets), a few samples per dimension: the regulariser does real work.")
+            f"never above $1/\\epsilon$ = {1 / cfg['eps']:.0f}. This run has {n / d:.1f} feature vectors per "
+            f"dimension; a real category's training set is of the same order (a few hundred good images at most), "
+            f"so the regulariser does real work there too.")
 
 
 def _patchcore_notes(cfg: dict[str, Any], n: int) -> str:
@@ -75,7 +77,11 @@ def _patchcore_notes(cfg: dict[str, Any], n: int) -> str:
             f"$s = \\big(1-\\frac{{\\exp\\lVert m^{{test,*}}-m^*\\rVert}}{{\\sum_{{m\\in\\mathcal N_b(m^*)}}"
             f"\\exp\\lVert m^{{test,*}}-m\\rVert}}\\big)\\,s^*$ over the {cfg['num_neighbors']} bank neighbours "
             f"$\\mathcal N_b(m^*)$: a patch whose nearest good patch sits in a sparse region of the bank (itself "
-            f"unusual) counts more. The map stays the plain nearest-neighbour distance, smoothed.")
+            f"unusual) counts more. Because $m^*$ is the NEAREST bank feature, its softmax share is at most "
+            f"$1/k$, so the weight lies in $[1-1/k, 1)$ = [{1 - 1 / cfg['num_neighbors']:.3f}, 1) for k = "
+            f"{cfg['num_neighbors']}: Eq. 7 can only lower $s^*$, and by little. The map stays the plain "
+            f"nearest-neighbour distance, upsampled and smoothed (sigma {cfg['smooth_sigma']:g} px), which lowers "
+            f"a one-patch peak; the nearest-neighbour view below puts the three numbers side by side.")
 
 
 def nearest_patch_pair(run_dir: str | Path, n_search: int = 30, device: str = "cpu") -> dict[str, Any]:
@@ -89,7 +95,7 @@ def nearest_patch_pair(run_dir: str | Path, n_search: int = 30, device: str = "c
 
     run = load_run(run_dir, device=device)
     det, cfg = run.detector, run.config
-    splits = D.load_splits(cfg["data"], cfg["category"], val_fraction=cfg["val_fraction"], seed=cfg["seed"])
+    splits = run_data(cfg, cfg["val_fraction"]).splits
     defective = [s for s in splits.test if s.label == 1][:8]
     images = torch.stack([D.read_image(s.image_path, det.config.image_size) for s in defective])
     with torch.inference_mode():
@@ -118,38 +124,15 @@ def nearest_patch_pair(run_dir: str | Path, n_search: int = 30, device: str = "c
 def patch_pair_text(pair: dict[str, Any]) -> str:
     """Markdown: the three numbers a reader confuses -- s*, the Eq. 7 image score and the map's maximum."""
     return (f"For this `{pair['defect_type']}` image the most anomalous patch lies {pair['s_star']:.3g} from its "
-            f"nearest bank feature ($s^*$); Eq. 7 turns that into the image score {pair['score']:.3g}, while the "
-            f"smoothed map peaks at {pair['map_max']:.3g}. The score and the map's maximum are different numbers: "
+            f"nearest bank feature ($s^*$); Eq. 7's weight {pair['score'] / pair['s_star']:.4f} turns that into the "
+            f"image score {pair['score']:.3g}, while the smoothed map peaks at {pair['map_max']:.3g}. The score and "
+            f"the map's maximum are different numbers, and the gap between them is the map's smoothing, not Eq. 7: "
             f"the threshold applies to the score.")
 
 
-def calibration_text(results: Any) -> str:
-    """Markdown for notebook 03: how many calibration scores the threshold rests on, what a high quantile of few
-    scores is, and why precision moves with the defect rate (``results`` is a :class:`anomaly.run_results.RunResults`)."""
-    val = np.sort(np.asarray(results.validation_scores, dtype=np.float64))
-    thr = read_json(Path(results.run_dir) / "threshold.json")
-    labels = results.predictions["labels"].astype(bool)
-    flagged = results.predictions["image_scores"] >= results.threshold
-    tpr, fpr, rate = float(flagged[labels].mean()), float(flagged[~labels].mean()), float(labels.mean())
-    kind = thr.get("calibration", "validation")
-    source = ("out-of-sample (cross-fitted) scores of the good training images" if kind == "crossfit"
-              else "scores of good validation images")
-    n = val.size
-    lines = [f"- The threshold {results.threshold:.4g} rests on {n} calibration scores ({source}; blue outline)"
-             + (f", set for a target false-reject rate of {thr['target_frr']:g} ({thr['estimator']} estimator)."
-                if "target_frr" in thr else ".")]
-    if n:
-        k99 = int(np.ceil((n + 1) * 0.99))
-        lines.append(f"- A 99th percentile of {n} scores is the {min(k99, n)}-th smallest of them"
-                     + (f", i.e. their maximum ({val[-1]:.4g}): with so few scores nothing separates the top 1 %, "
-                        f"and one unusual good part moves the threshold." if k99 >= n else "."))
-    lines.append(f"- Precision depends on how common defects are, recall does not. Here recall is {tpr:.2f} and "
-                 f"{fpr:.2f} of good test parts are flagged; with this test set's defect rate ({100 * rate:.0f} %) "
-                 f"precision is {_precision(tpr, fpr, rate):.2f}, at a 1 % defect rate (a realistic line) it would be "
-                 f"{_precision(tpr, fpr, 0.01):.2f}.")
-    return "\n".join(lines)
+def calibration_text(results: Any, defect_rate: float) -> str:
+    """Markdown for notebook 03 (:func:`anomaly.wording.calibration_text` of a ``RunResults``): the threshold, the
+    conformal rank for this run's n and target, the realised rates and precision at ``defect_rate``."""
+    from anomaly.wording import calibration_text as text
 
-
-def _precision(tpr: float, fpr: float, rate: float) -> float:
-    denominator = tpr * rate + fpr * (1 - rate)
-    return float("nan") if denominator == 0 else tpr * rate / denominator
+    return text(results.run_dir, results.metrics, defect_rate)

@@ -11,8 +11,8 @@ score and map differences go to ``RUN_DIR/onnx_parity.json``.
 :func:`select_scorer` picks the runtime of ``evaluate``, ``predict`` and ``serve``: with ``"auto"``
 (their default) the exported graph in onnxruntime when its parity record is within
 :data:`PARITY_RTOL`, else the PyTorch detector, with the reason logged. The graph is exported once
-and cached in the run folder (``model.onnx`` + ``onnx_parity.json``, tied to ``model.pt`` by its
-SHA-256; files the completeness marker does not list never make a run folder incomplete). PatchCore's graph computes the
+and cached in the run folder (``model.onnx`` + ``onnx_parity.json``, tied to ``model.pt`` and to
+the graph by their SHA-256, never by the path the run was named by; files the completeness marker does not list never make a run folder incomplete). PatchCore's graph computes the
 whole (B * patches, bank) distance matrix in one block: ~100 MB at batch 8, 256 px, a 1 % bank.
 """
 
@@ -31,6 +31,7 @@ from torch import nn
 
 from anomaly.models import Detector, Prediction
 from anomaly.geometry import letterbox_batch, maps_to_input
+from anomaly.runs import file_sha256, is_current, read_dict
 
 logger = logging.getLogger(__name__)
 
@@ -140,10 +141,11 @@ def check_parity(detector: Detector, scorer: OnnxScorer, images: torch.Tensor) -
 def parity_images(run: Any, n: int = 4, seed: int = 0) -> torch.Tensor:
     """(n, 3, S, S): test images of the run's data when it is on disk, else seeded random images."""
     from anomaly import data as D
+    from anomaly.folders import run_data
 
     size = run.image_size
     try:
-        samples = [s for s in D.index_category(run.config["data"], run.config["category"]) if s.split == "test"]
+        samples = run_data(run.config, 0.0).splits.test
     except (KeyError, TypeError, D.DataError) as err:
         logger.info("parity check on random images (%s)", err)
         samples = []
@@ -170,8 +172,9 @@ def export_run(run_dir: Any, out: str | Path | None = None, opset: int = OPSET, 
     run = run_dir if isinstance(run_dir, Run) else load_run(run_dir, device="cpu")
     path = export_onnx(run.detector, Path(out) if out else run.run_dir / ONNX_FILE, opset=opset)
     scorer = OnnxScorer(path, run.image_size)
-    record = {"onnx": str(path), "method": run.detector.name, "opset": opset, "image_size": run.image_size,
-              "model_sha256": run.model_sha256, **check_parity(run.detector, scorer, parity_images(run, n_parity))}
+    record = {"onnx": str(path), "onnx_sha256": file_sha256(path), "method": run.detector.name, "opset": opset,
+              "image_size": run.image_size, "model_sha256": run.model_sha256,
+              **check_parity(run.detector, scorer, parity_images(run, n_parity))}
     write_json(run.run_dir / PARITY_FILE, record)
     logger.info("onnx parity: max |diff| scores %.2e, maps %.2e", record["max_abs_diff_scores"],
                 record["max_abs_diff_maps"])
@@ -181,13 +184,13 @@ def export_run(run_dir: Any, out: str | Path | None = None, opset: int = OPSET, 
 def load_onnx_scorer(run: Any, threads: int | None = None) -> OnnxScorer:
     """An :class:`OnnxScorer` for a loaded run; exports ``RUN_DIR/model.onnx`` first if it is missing or stale.
 
-    Stale: ``onnx_parity.json`` (written after the graph) is about another file or another ``model.pt``.
+    Stale: ``onnx_parity.json`` (written after the graph) is about another graph (by content: its
+    ``onnx_sha256``) or another ``model.pt`` (its ``model_sha256``). The path the run is named by does
+    not matter, so the same run reached through a symlink or a relative path is not re-exported.
     """
-    from anomaly.runs import is_current, read_dict
-
     path, parity = run.run_dir / ONNX_FILE, run.run_dir / PARITY_FILE
     record = read_dict(parity) if parity.is_file() else {}
-    if not path.is_file() or record.get("onnx") != str(path) or not is_current(record, run.model_sha256):
+    if not (path.is_file() and is_current(record, run.model_sha256) and record.get("onnx_sha256") == file_sha256(path)):
         logger.info("no %s exported from this run's model.pt: exporting it now", path)
         export_run(run)
     return OnnxScorer(path, run.image_size, threads=threads)
@@ -242,6 +245,4 @@ def _no_onnx_reason(run: Any) -> str | None:
 
 
 def _read_parity(run: Any) -> dict[str, Any]:
-    from anomaly.runs import read_dict
-
     return read_dict(run.run_dir / PARITY_FILE)

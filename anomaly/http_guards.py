@@ -1,8 +1,11 @@
-"""HTTP guards of the service: which Host names it answers (DNS-rebinding guard) and the upload size limit.
+"""HTTP guards of the service: which Host names it answers (DNS-rebinding guard), the upload size
+limit, and the security headers of every answer.
 
 :func:`allowed_hosts` feeds Starlette's ``TrustedHostMiddleware`` (a request naming any other host
-gets 400); :class:`BodyLimitMiddleware` answers 413 to a body over the limit without buffering it.
-Both are installed by :func:`anomaly.service.create_app`.
+gets 400); :class:`BodyLimitMiddleware` answers 413 to a body over the limit without buffering it;
+:class:`SecurityHeadersMiddleware` adds ``X-Content-Type-Options: nosniff``, a deny-all
+Content-Security-Policy with ``frame-ancestors 'none'`` (the page and the docs send their own) and
+friends. All are installed by :func:`anomaly.service.create_app`.
 """
 
 from __future__ import annotations
@@ -90,3 +93,32 @@ class BodyLimitMiddleware:
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": body})
+
+
+SECURITY_HEADERS = {
+    "x-content-type-options": "nosniff",  # a JSON answer is never sniffed into HTML or script
+    "x-frame-options": "DENY",  # frame-ancestors for browsers without CSP level 2
+    "referrer-policy": "no-referrer",
+    "content-security-policy": "default-src 'none'; frame-ancestors 'none'",  # the pages set their own
+}
+
+
+class SecurityHeadersMiddleware:
+    """ASGI middleware adding :data:`SECURITY_HEADERS` to every answer that does not set them itself."""
+
+    def __init__(self, app: Callable) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", [])}
+                extra = [(k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items() if k.encode() not in present]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)

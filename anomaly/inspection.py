@@ -5,16 +5,19 @@
 taken as named. Images are decoded and scored ``batch_size`` at a time; each image's row (path,
 score, is_anomalous, regions = the number of defect regions, error) is written and flushed before
 the next batch, and nothing of an image is kept after its row is written, so memory does not grow with the number of
-images (beyond the list of paths). A file that cannot be decoded gets a row with its error and an
-empty score. Re-running with the same CSV skips every path already in it (a cut-off last line is
-dropped first), so an interrupted run resumes without redoing finished rows.
+images (beyond the list of paths). A file that cannot be decoded (or scores NaN) gets a row with its
+error and an empty score. The CSV itself -- its columns, the run fingerprint on every row, and a
+resume that never touches a file it did not write -- is :mod:`anomaly.results_csv`: re-running with
+the same CSV and run skips every path already in it, so an interrupted run resumes without redoing
+finished rows.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import logging
+import math
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,12 +26,13 @@ from typing import Any, Iterable, Iterator, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from anomaly.data import IMAGE_EXTENSIONS, DataError, decode_image, image_hw
+from anomaly.data import IMAGE_EXTENSIONS
+from anomaly.decoding import DataError, decode_with_hw, require_regular_file
 from anomaly.geometry import Letterbox
+from anomaly.results_csv import COLUMNS, ResultsCsv, pending, read_done, run_fingerprint  # noqa: F401
+from anomaly.utils import printable
 
 logger = logging.getLogger(__name__)
-
-COLUMNS = ("path", "score", "is_anomalous", "regions", "error")
 
 
 def list_images(inputs: Sequence[str | Path]) -> list[Path]:
@@ -36,40 +40,30 @@ def list_images(inputs: Sequence[str | Path]) -> list[Path]:
 
     Raises:
         FileNotFoundError: an input that does not exist.
+        DataError: a named input that is neither a folder nor a regular file (a FIFO, a device).
     """
     paths: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
             paths.extend(sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()))
         elif item.exists():
+            require_regular_file(item, f"input {printable(str(item))}")  # a FIFO would block the decoder forever
             paths.append(item)
         else:
-            raise FileNotFoundError(f"no such file or folder: {item}")
+            raise FileNotFoundError(f"no such file or folder: {printable(str(item))}")
     return list(dict.fromkeys(paths))  # a file named twice is inspected once
 
 
 def heatmap_name(path: str | Path) -> str:
     """``<stem>_<sha1 of the absolute path, 8 hex>_heatmap.png``: same-named files in different folders differ."""
-    digest = hashlib.sha1(str(Path(path).resolve()).encode("utf-8")).hexdigest()[:8]
+    digest = hashlib.sha1(os.fsencode(Path(path).resolve())).hexdigest()[:8]
     return f"{Path(path).stem}_{digest}_heatmap.png"
 
 
-def done_paths(csv_path: Path) -> set[str]:
-    """Paths already in ``csv_path`` (empty when it does not exist); drops a cut-off last line first."""
-    if not csv_path.exists() or csv_path.stat().st_size == 0:
-        return set()
-    data = csv_path.read_bytes()
-    if not data.endswith(b"\n"):  # killed mid-row: keep only whole rows
-        csv_path.write_bytes(data[:data.rfind(b"\n") + 1])
-    with csv_path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None:
-            return set()
-        if tuple(header) != COLUMNS:
-            raise ValueError(f"{csv_path} is not an inspection CSV (columns {header}, expected {list(COLUMNS)}); "
-                             f"choose another --csv file")
-        return {row[0] for row in reader if row}
+def done_paths(csv_path: Path, fingerprint: str | None = None) -> set[str]:
+    """Paths (as written, :func:`anomaly.results_csv.path_text`) already in ``csv_path``; never changes the
+    file (see :func:`anomaly.results_csv.read_done`)."""
+    return set(read_done(csv_path, fingerprint))
 
 
 def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -92,7 +86,7 @@ def inspect_paths(run: Any, inputs: Sequence[str | Path], csv_path: str | Path, 
     two batches of images are in memory.
 
     Args:
-        csv_path: written as it goes (appended to when it exists: its paths are skipped).
+        csv_path: written as it goes (appended to when it is this run's CSV: its paths are skipped).
         heatmap_dir: when given, one heatmap PNG per image, named by :func:`heatmap_name`.
         batch_size: images decoded and scored together.
         runtime: ``"auto"`` (onnxruntime when it passes the parity check), ``"torch"`` or ``"onnx"``.
@@ -100,57 +94,57 @@ def inspect_paths(run: Any, inputs: Sequence[str | Path], csv_path: str | Path, 
 
     Returns:
         dict with images (found), skipped (already in the CSV), written, errors, anomalous,
-        seconds, images_per_s (rows written per second) and peak_rss_mib (this process).
+        seconds, images_per_s (rows written per second), peak_rss_mib (this process), csv and
+        run (the fingerprint in the CSV's ``run`` column).
+
+    Raises:
+        anomaly.results_csv.ResultsCsvError: ``csv_path`` exists and is not this run's inspection CSV
+            (it is left unchanged).
     """
     from anomaly.pipeline import display_range, peak_rss_mib
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    csv_path = Path(csv_path)
+    results = ResultsCsv(csv_path, run_fingerprint(run))  # refuses, unchanged, a file that is not this run's CSV
     paths = list_images(inputs)
-    todo = [p for p in paths if str(p) not in done_paths(csv_path)]
+    todo = pending(paths, results.done)
     scorer = runtime_scorer(run, runtime, threads)
     colours = display_range(run) if heatmap_dir is not None else {}
     counts = {"written": 0, "errors": 0, "anomalous": 0}
     start = time.perf_counter()
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
-    new_file = not csv_path.exists() or csv_path.stat().st_size == 0
-    with csv_path.open("a", newline="", encoding="utf-8") as handle, ThreadPoolExecutor(1) as decoder, \
+    with results, ThreadPoolExecutor(1) as decoder, \
             tqdm(total=len(todo), desc="inspect", unit="img", disable=not progress) as bar:
-        writer = csv.writer(handle)
-        if new_file:
-            writer.writerow(COLUMNS)
         batches = batched(todo, batch_size)
-        pending = decoder.submit(_decode_batch, next(batches, []), run.image_size)
+        pending_batch = decoder.submit(_decode_batch, next(batches, []), run.image_size)
         while True:
-            rows, images = pending.result()
+            rows, images = pending_batch.result()
             if not rows:
                 break
-            pending = decoder.submit(_decode_batch, next(batches, []), run.image_size)  # overlaps the scoring
+            pending_batch = decoder.submit(_decode_batch, next(batches, []), run.image_size)  # overlaps the scoring
             for row in _score_batch(run, scorer, rows, images, heatmap_dir, colours):
-                writer.writerow([row[c] for c in COLUMNS])
+                results.write(row)
                 counts["written"] += 1
                 counts["errors"] += bool(row["error"])
                 counts["anomalous"] += row["is_anomalous"] is True
-            handle.flush()
+            results.flush()
             bar.update(len(rows))
     seconds = time.perf_counter() - start
     return {"images": len(paths), "skipped": len(paths) - len(todo), **counts, "seconds": seconds,
             "images_per_s": counts["written"] / seconds if seconds > 0 else 0.0, "peak_rss_mib": peak_rss_mib(),
-            "csv": str(csv_path)}
+            "csv": printable(str(results.path)), "run": results.fingerprint}
 
 
 def _decode_batch(paths: list[Path], image_size: int) -> tuple[list[dict[str, Any]], list[torch.Tensor]]:
     """One row per path, and the (3, S, S) images of those that decoded (an error fills the row's ``error``)."""
     rows, images = [], []
     for path in paths:
-        row = {"path": str(path), "score": "", "is_anomalous": "", "regions": "", "error": ""}
+        row = {"path": path, "score": "", "is_anomalous": "", "regions": "", "error": ""}
         try:
-            row["_hw"] = image_hw(path)  # not a CSV column: where the image sits on the canvas
-            images.append(decode_image(path, image_size))  # (3, S, S), letterboxed
+            image, row["_hw"] = decode_with_hw(path, image_size)  # (3, S, S) letterboxed; _hw: upright (H, W)
+            images.append(image)
         except (DataError, OSError) as err:
-            row["error"] = str(err)
-            logger.warning("%s", err)
+            row["error"] = printable(str(err))
+            logger.warning("%s", row["error"])
         rows.append(row)
     return rows, images
 
@@ -166,6 +160,10 @@ def _score_batch(run: Any, scorer: Any, rows: list[dict[str, Any]], images: list
     out = scorer.predict(batch)  # scores (B,), maps (B, S, S)
     for i, row in enumerate(r for r in rows if not r["error"]):
         score = float(out.image_scores[i])
+        if not math.isfinite(score):  # never a verdict from a NaN: NaN >= threshold is False, "good"
+            row["error"] = f"{printable(str(row['path']))}: the model produced a non-finite score ({score})"
+            logger.warning("%s", row["error"])
+            continue
         row.update(score=score, is_anomalous=bool(score >= run.threshold))
         box = Letterbox(*row["_hw"], run.image_size)
         amap = box.crop(out.anomaly_maps[i])  # (h, w): the image's area, never the pad

@@ -51,14 +51,23 @@ def _convert(match: re.Match, display: bool) -> str:
         return match.group(0)
 
 
+_WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
 def prerender_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """A copy of ``nb`` with the maths of markdown cells and markdown outputs rendered to MathML."""
+    """A copy of ``nb`` with the maths of markdown cells and markdown outputs rendered to MathML.
+
+    Interactive widgets cannot run in a static page (their JavaScript would come from a CDN): their view
+    and state are dropped and their plain-text form is kept.
+    """
     nb = copy.deepcopy(nb)
+    nb.metadata.pop("widgets", None)
     for cell in nb.cells:
         if cell.cell_type == "markdown":
             cell.source = render_math(cell.source)
         for output in cell.get("outputs", []):
             data = output.get("data", {})
+            data.pop(_WIDGET_VIEW, None)
             if "text/markdown" in data:
                 text = data["text/markdown"]
                 data["text/markdown"] = render_math("".join(text) if isinstance(text, list) else text)

@@ -2,7 +2,8 @@
 
 A run folder holds everything a run produced::
 
-    config.json      what was asked for (data, category, method, params, seed, ...)
+    config.json      what was asked for (data or folders, category, method, params, seed, ...) and the split
+    datacheck.json   the data check `anomaly fit` ran first (anomaly.datacheck; absent when fit_run is called alone)
     model.json       method + detector config          (Detector.save)
     model.pt         detector state, tensors only      (Detector.save)
     fit.json         fit_seconds, training history (autoencoder loss per epoch)
@@ -29,7 +30,7 @@ import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -38,6 +39,7 @@ from tqdm.auto import tqdm
 
 from anomaly import calibration as C
 from anomaly import data as D
+from anomaly import folders as F
 from anomaly import metrics as M
 from anomaly.config import RunConfig
 from anomaly.geometry import Letterbox
@@ -125,12 +127,18 @@ def zero_pad(maps: np.ndarray, hws: torch.Tensor | None) -> np.ndarray:
 
 
 @atomic_run_dir
-def fit_run(config: RunConfig, run_dir: str | Path) -> Path:
-    """Fit ``config.method`` on ``train/good`` of ``config.data/config.category``, calibrate the decision,
-    write a run folder (``config.json`` records ``config``, the resolved defaults and the split sizes).
+def fit_run(config: RunConfig, run_dir: str | Path, data_check: Any = None) -> Path:
+    """Fit ``config.method`` on the good training images (``train/good`` of ``config.data/config.category``,
+    or the ``config.good`` folder), calibrate the decision, write a run folder (``config.json`` records
+    ``config``, the resolved defaults, the split sizes and, for plain folders, the good images held out
+    for the test).
 
     The folder is written beside ``run_dir`` and swapped in, marked complete, only when the fit has
     succeeded; until then a previous run in ``run_dir`` stays untouched.
+
+    Args:
+        data_check: the :class:`anomaly.datacheck.DataCheck` of this data (``anomaly fit`` runs it first):
+            written as ``datacheck.json``; its held-out draw (duplicates kept together) is used.
 
     Returns:
         The run folder.
@@ -144,7 +152,8 @@ def fit_run(config: RunConfig, run_dir: str | Path) -> Path:
     detector = create_detector(c.method, params, device=dev)  # validates params before any work
     n_folds = C.resolve_folds(detector, c.folds)
     val_fraction = (0.0 if n_folds else 0.1) if c.val_fraction is None else c.val_fraction
-    splits = D.load_splits(c.data, c.category, val_fraction=val_fraction, seed=c.seed)
+    data = F.run_data(dataclasses.asdict(c), val_fraction, held_out=getattr(data_check, "held_out_good", None))
+    splits = data.splits
     pool = splits.train + splits.validation if n_folds else splits.train  # cross-fit: every good image
     train = _subsample(pool, c.max_train, c.seed)
     if c.folds is None and n_folds:
@@ -153,8 +162,10 @@ def fit_run(config: RunConfig, run_dir: str | Path) -> Path:
         check_split_sizes(train, splits.validation, val_fraction)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", {
-        **dataclasses.asdict(c), "data": str(Path(c.data).resolve()), "params": params, "device": str(dev),
-        "val_fraction": val_fraction, "n_train": len(train), "n_validation": 0 if n_folds else len(splits.validation)})
+        **dataclasses.asdict(c), "params": params, "device": str(dev), "val_fraction": val_fraction,
+        "n_train": len(train), "n_validation": 0 if n_folds else len(splits.validation), **data.record})
+    if data_check is not None:
+        data_check.write(run_dir / "datacheck.json")
     size = detector.config.image_size
     logger.info("fitting %s on %d %s images (%d px) on %s, calibration: %s", c.method, len(train), c.category, size,
                 dev, f"{n_folds}-fold cross-fit" if n_folds else "validation split")
@@ -184,11 +195,17 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", data: str | Path | N
 
     run = load_run(run_dir, device=device)
     cfg = run.config
-    splits = D.load_splits(data or cfg["data"], cfg["category"], val_fraction=cfg["val_fraction"], seed=cfg["seed"])
+    test_data = F.run_data(cfg, cfg["val_fraction"], data=data)
+    splits = test_data.splits
+    labels = [s.label for s in splits.test]
+    note = F.evaluation_note(labels.count(0), labels.count(1))
+    if note:
+        raise ValueError(f"run {run_dir} has no test evaluation -- {note}")
     scorer, used = select_scorer(run, runtime, threads=threads)
     out = predict_loader(scorer, make_loader(splits.test, run.image_size, cfg["batch_size"]), desc="test")
     decision = read_dict(Path(run_dir) / "threshold.json", ("threshold",))
-    metrics = evaluation_metrics(image_area_only(out), splits.test, decision)
+    metrics = evaluation_metrics(image_area_only(out), splits.test, decision, pixel=test_data.has_masks)
+    metrics["has_masks"] = test_data.has_masks
     fit_info = read_dict(Path(run_dir) / "fit.json", ("fit_seconds",))
     metrics.update({"method": cfg["method"], "category": cfg["category"], "fit_seconds": fit_info["fit_seconds"],
                     "predict_ms_per_image": out["ms_per_image"], "predict_runtime": used, "peak_rss_mib": peak_rss_mib(),
@@ -224,34 +241,37 @@ def rethreshold_run(run_dir: str | Path, target_frr: float, estimator: str = DEF
     if metrics is None or not (run_dir / "predictions.npz").is_file():
         return {"threshold": decision, "metrics": None}
     out = read_predictions(run_dir)
-    metrics.update(evaluation_metrics(out, list(out["defect_types"]), decision))
+    metrics.update(evaluation_metrics(out, list(out["defect_types"]), decision, pixel=metrics.get("has_masks", True)))
     write_json(run_dir / "metrics.json", metrics)
     return {"threshold": decision, "metrics": metrics}
 
 
 def evaluation_metrics(out: dict[str, np.ndarray], samples: Sequence[D.Sample | str],
-                       decision: dict[str, Any]) -> dict[str, Any]:
-    """:func:`compute_metrics` at the decision's threshold plus the realised rates and region detection."""
-    return {**compute_metrics(out, samples, float(decision["threshold"])), **C.decision_metrics(out, decision)}
+                       decision: dict[str, Any], pixel: bool = True) -> dict[str, Any]:
+    """:func:`compute_metrics` at the decision's threshold plus the realised rates and region detection
+    (``pixel=False``: a test set without masks, image-level metrics only)."""
+    return {**compute_metrics(out, samples, float(decision["threshold"]), pixel),
+            **C.decision_metrics(out, decision, regions=pixel)}
 
 
-def compute_metrics(out: dict[str, np.ndarray], samples: Sequence[D.Sample | str], threshold: float) -> dict[str, Any]:
+def compute_metrics(out: dict[str, np.ndarray], samples: Sequence[D.Sample | str], threshold: float,
+                    pixel: bool = True) -> dict[str, Any]:
     """Ranking metrics with bootstrap intervals, the oracle F1-max, and precision/recall/F1 (overall, per defect
-    type and by defect size) at ``threshold``."""
+    type and by defect size) at ``threshold``; the pixel metrics are ``None`` when ``pixel`` is False."""
     result: dict[str, Any] = {}
-    result.update(ranking_metrics(out))
+    result.update(ranking_metrics(out, pixel))
     result.update(scores_at_threshold(out["labels"], out["image_scores"], threshold))
-    result.update(uncertainty_metrics(out, samples, threshold))  # intervals, per type and by size, flag-all F1
+    result.update(uncertainty_metrics(out, samples, threshold, pixel=pixel))  # intervals, per type, by size, flag-all
     return result
 
 
-def ranking_metrics(out: dict[str, np.ndarray]) -> dict[str, Any]:
+def ranking_metrics(out: dict[str, np.ndarray], pixel: bool = True) -> dict[str, Any]:
     """Threshold-free: image/pixel AUROC, AUPRO, F1-max (an oracle: it looks at the test labels)."""
     labels, scores = out["labels"], out["image_scores"]
     maps, masks = out["anomaly_maps"].astype(np.float32), out["gt_masks"]
     f1 = M.f1_max(labels, scores)
-    return {"image_auroc": M.image_auroc(labels, scores), "pixel_auroc": M.pixel_auroc(masks, maps),
-            "aupro": M.aupro(masks, maps), "f1_max_oracle": f1, "f1_max": f1,  # same number, the issue's key name
+    return {"image_auroc": M.image_auroc(labels, scores), "pixel_auroc": M.pixel_auroc(masks, maps) if pixel else None,
+            "aupro": M.aupro(masks, maps) if pixel else None, "f1_max_oracle": f1, "f1_max": f1,  # the issue's name
             "n_test_images": int(len(labels))}
 
 
@@ -274,25 +294,41 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
 
 def predict_paths(run: Run, paths: Sequence[str | Path], heatmap_dir: str | Path | None = None,
                   scorer: Any = None) -> list[dict]:
-    """Score image files one by one (with ``scorer``, default the detector); optionally write heatmap PNGs."""
+    """Score image files one by one (with ``scorer``, default the detector); optionally write heatmap PNGs.
+
+    The records of :func:`iter_predictions`, as a list.
+    """
+    return list(iter_predictions(run, paths, heatmap_dir, scorer))
+
+
+def iter_predictions(run: Run, paths: Sequence[str | Path], heatmap_dir: str | Path | None = None,
+                     scorer: Any = None) -> Iterator[dict]:
+    """One record per image (path, score, is_anomalous, heatmap, regions), as each is scored.
+
+    ``path`` and ``heatmap`` are :func:`anomaly.utils.printable` (a non-UTF-8 file name as ``\\xNN``).
+
+    Raises:
+        ValueError: an image that cannot be decoded, or a non-finite score (named).
+    """
+    from anomaly.utils import printable
     from anomaly.viz import save_heatmap_png
 
     scorer = run.detector if scorer is None else scorer
-    results = []
     for path in paths:
         image = D.read_image(path)[None]  # (1, 3, H, W) at the file's resolution
         out = scorer.predict(image)
-        record = {"path": str(path), "score": float(out.image_scores[0]),
-                  "is_anomalous": bool(out.image_scores[0] >= run.threshold), "heatmap": None,
-                  "regions": regions_of(run, out.anomaly_maps[0])}
+        score = float(out.image_scores[0])
+        if not np.isfinite(score):
+            raise ValueError(f"{printable(str(path))}: the model produced a non-finite score ({score})")
+        record = {"path": printable(str(path)), "score": score, "is_anomalous": bool(score >= run.threshold),
+                  "heatmap": None, "regions": regions_of(run, out.anomaly_maps[0])}
         if heatmap_dir is not None:
             from anomaly.inspection import heatmap_name
 
             target = Path(heatmap_dir) / heatmap_name(path)  # same-named files in other folders do not collide
             save_heatmap_png(image[0], out.anomaly_maps[0], target, **display_range(run))
-            record["heatmap"] = str(target)
-        results.append(record)
-    return results
+            record["heatmap"] = printable(str(target))
+        yield record
 
 
 def regions_of(run: Run, anomaly_map: np.ndarray) -> list[dict]:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from anomaly import data as D
+from anomaly.folders import run_data
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def quantize_run(run: Any, mode: str = "dynamic", n_calibration: int = 32) -> Pa
         quantize_dynamic(str(src), str(dst), op_types_to_quantize=["Conv"], weight_type=QuantType.QInt8)
     else:
         cfg = run.config
-        good = D.load_splits(cfg["data"], cfg["category"], val_fraction=0.0, seed=cfg["seed"]).train
+        good = run_data(cfg, 0.0).splits.train
         picks = np.linspace(0, len(good) - 1, num=min(n_calibration, len(good))).round().astype(int)
         reader = _GoodImages([good[i] for i in picks], run.image_size, INPUT_NAME)
         quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"],
@@ -89,7 +90,7 @@ def compare_int8(run_dir: str | Path, mode: str = "dynamic", repeats: int = 20, 
     scorers = {"float": load_onnx_scorer(run, threads=threads),
                "int8": OnnxScorer(quantize_run(run, mode), run.image_size, threads=threads)}
     cfg = run.config
-    test = D.load_splits(cfg["data"], cfg["category"], val_fraction=cfg["val_fraction"], seed=cfg["seed"]).test
+    test = run_data(cfg, cfg["val_fraction"]).splits.test
     result: dict[str, Any] = {"mode": mode, "n_test_images": len(test)}
     outputs = {}
     for name, scorer in scorers.items():

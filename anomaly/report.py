@@ -23,6 +23,7 @@ from typing import Any, Iterator, Sequence
 
 import papermill
 
+from anomaly import course
 
 logger = logging.getLogger(__name__)
 
@@ -32,21 +33,24 @@ KERNEL = "python3"
 METHODS = ("intensity", "autoencoder", "padim", "patchcore")  # intensity: the no-learning baseline
 PER_METHOD = ("02_training", "03_evaluation")  # executed once per method
 # The kernels inherit these: no progress bars (or tqdm's "IProgress not found" warning) in the executed notebooks.
-KERNEL_ENV = {"TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore:IProgress not found"}
+# QT_API: with ipywidgets installed, tqdm.auto would draw widget bars, which ignore TQDM_DISABLE; a set QT_API makes
+# it pick the console bar (tqdm.autonotebook), which honours it. Nothing here uses Qt.
+KERNEL_ENV = {"TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore:IProgress not found", "QT_API": "headless-report"}
 # Defaults sized for 2 CPU cores: under 10 minutes for the synthetic report, under 20 for MVTec AD screw. The
 # autoencoder trains 30 (synthetic) or 50 (real) epochs instead of its default 100 -- about 2.5 s per epoch over 180
 # images at 128 px on an idle 2-core machine; notebook 02 shows whether its loss is still falling. The data-efficiency
-# sweep refits PatchCore on 5 subsets; its full-set point reuses the run of notebook 02. Real data otherwise uses
-# the models' defaults (None = the method's own default: autoencoder 128 px, PaDiM and PatchCore 320 px, intensity 256).
-# The data-efficiency sweep runs 3 seeds (a band in notebook 05); on the synthetic data only 2 subset sizes + the full
-# set, so that `make report` stays under 10 minutes.
+# sweep fits PatchCore per seed at every size; seed 0's full-set point reuses the run of notebook 02. The
+# autoencoder is fitted with 3 training seeds (notebook 02's `seeds`): its verdicts must hold for each. Real data
+# otherwise uses the models' defaults (None = the method's own default: autoencoder 128 px, PaDiM and PatchCore 320 px, intensity 256).
+# The data-efficiency sweep runs 3 seeds (a band in notebook 05); on the synthetic data one subset size + the full
+# set, so that `make report` (with the autoencoder's 3 seeds) stays under 10 minutes.
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "synthetic": {"01_data_exploration": {"image_size": 128},
                   "intensity": {"image_size": 256, "epochs": None},
                   "autoencoder": {"image_size": 128, "epochs": 30}, "padim": {"image_size": 256},
                   "patchcore": {"image_size": 256},
                   "05_method_comparison": {"efficiency_methods": ["patchcore"], "image_size": 256,
-                                           "efficiency_sizes": [10, 50], "efficiency_seeds": 3}},
+                                           "efficiency_sizes": [25], "efficiency_seeds": 3}},
     "real": {"01_data_exploration": {"image_size": 256}, "intensity": {"image_size": None, "epochs": None},
              "autoencoder": {"image_size": None, "epochs": 50}, "padim": {"image_size": None},
              "patchcore": {"image_size": None},
@@ -86,30 +90,46 @@ def build_report(out_dir: Path, data: str | Path | None = None, category: str = 
     elif not Path(data).is_dir():
         raise FileNotFoundError(f"data root {data} does not exist")
     with _environment(KERNEL_ENV), _quiet("papermill", "traitlets"):  # per-cell chatter, nbconvert alt-text notes
-        jobs = plan_jobs(select_notebooks(notebooks), _rel(data), category, _rel(runs_dir), profile, dict(params or {}))
+        jobs = plan_jobs(select_notebooks(notebooks), _rel(data), category, _rel(runs_dir), profile, dict(params or {}),
+                         build_record=_rel(Path(out_dir) / course.TIMINGS_FILE))
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        run_jobs(jobs, out_dir)
+        start = course.machine()
+        run_jobs(jobs, out_dir, export=False)
+        record = course.write_timings(out_dir, {j.stem: j.seconds for j in jobs}, start)
+        course.stamp_run_times(out_dir, [j.stem for j in jobs], record)  # headers ran before their run time existed
+        for job in jobs:
+            export_html(out_dir / f"{job.stem}.ipynb")
     source = "the built-in synthetic data set" if profile == "synthetic" else "user-supplied data"
     return write_index(out_dir, Path(runs_dir), jobs, f"Data: {_rel(data)}, category {category} ({source}).")
 
 
-def run_jobs(jobs: Sequence[Job], out_dir: Path) -> None:
-    """Execute each job with papermill (cwd = the source checkout, else the current directory), export HTML."""
+def run_jobs(jobs: Sequence[Job], out_dir: Path, export: bool = True) -> None:
+    """Execute each job with papermill (cwd = the source checkout, else the current directory), export HTML
+    (unless ``export`` is False: :func:`build_report` exports after stamping the run times)."""
     for i, job in enumerate(jobs, 1):
         logger.info("[%d/%d] %s ...", i, len(jobs), job.stem)
         start = time.perf_counter()
         target = out_dir / f"{job.stem}.ipynb"
         try:
             papermill.execute_notebook(str(job.source), str(target), parameters=job.parameters, kernel_name=KERNEL,
-                                       language="python", cwd=str(source_checkout() or Path.cwd()), progress_bar=False)
+                                       language="python", cwd=str(source_checkout() or Path.cwd()), progress_bar=False,
+                                       store_widget_state=False)  # a widget's state would pull its JS from a CDN
         except papermill.PapermillExecutionError:
             logger.error("[%d/%d] %s FAILED after %.1f s; executed copy: %s", i, len(jobs), job.stem,
                          time.perf_counter() - start, target)
             raise
-        export_html(target)
+        if export:
+            export_html(target)
         job.seconds = time.perf_counter() - start
         logger.info("[%d/%d] %s done in %.1f s", i, len(jobs), job.stem, job.seconds)
+
+
+def write_student_version(out_dir: Path, notebooks: Sequence[str] | None = None) -> list[Path]:
+    """The student version of the notebooks in ``out_dir``: exercise solutions blank, no outputs, nothing run."""
+    from anomaly.exercises import write_student_version as write
+
+    return write(select_notebooks(notebooks), out_dir)
 
 
 def source_checkout() -> Path | None:
@@ -147,8 +167,11 @@ def select_notebooks(names: Sequence[str] | None) -> list[Path]:
 
 
 def plan_jobs(sources: Sequence[Path], data: str, category: str, runs_dir: str, profile: str,
-              overrides: dict[str, Any]) -> list[Job]:
-    """Expand notebooks into jobs with their parameters; validates ``overrides`` against the notebooks."""
+              overrides: dict[str, Any], build_record: str = course.DEFAULT_BUILD_RECORD) -> list[Job]:
+    """Expand notebooks into jobs with their parameters; validates ``overrides`` against the notebooks.
+
+    ``build_record``: the timings file the notebooks' headers read (``OUT/timings.json``).
+    """
     defaults = PROFILES[profile]
     run_dirs = {m: f"{runs_dir}/{m}" for m in METHODS}
     inspected = {p: papermill.inspect_notebook(str(p)) for p in sources}
@@ -165,7 +188,9 @@ def plan_jobs(sources: Sequence[Path], data: str, category: str, runs_dir: str, 
     for source in sources:
         common = {"data": data, "category": category, "run_dirs": list(run_dirs.values()),
                   "run_dir": run_dirs["patchcore"], "autoencoder_run_dir": run_dirs["autoencoder"],
-                  "efficiency_dir": f"{runs_dir}/efficiency", **defaults.get(source.stem, {})}
+                  "efficiency_dir": f"{runs_dir}/efficiency", "own_run_dir": f"{runs_dir}/own_parts",
+                  "example_dir": f"{runs_dir}/own_parts_photos", "build_record": build_record,
+                  **defaults.get(source.stem, {})}
         variants = [(f"{source.stem}_{m}", {"method": m, "run_dir": run_dirs[m], **defaults[m]}) for m in METHODS] \
             if source.stem in PER_METHOD else [(source.stem, {})]
         for stem, extra in variants:
@@ -222,32 +247,51 @@ def write_index(out_dir: Path, runs_dir: Path, jobs: Sequence[Job], about: str) 
             f"img{{max-width:100%}}</style></head><body><h1>Anomaly detection report</h1>"
             f"<p>{html.escape(about)}</p>{lead}"
             f"<h2>Notebooks</h2><table><tr><th>notebook</th><th></th><th></th><th>run time</th></tr>{rows}</table>"
-            f"<p>Total run time of this build: {sum(seconds.values()) / 60:.1f} min.</p></body></html>\n")
+            f"<p>Total run time of this build: {sum(seconds.values()) / 60:.1f} min{_machine_note(out_dir)}.</p>"
+            f"</body></html>\n")
     index = out_dir / "index.html"
     index.write_text(page, encoding="utf-8")
     return index
 
 
+def _machine_note(out_dir: Path) -> str:
+    """`` on <cpu>, <n> cores (load average a at the start, b at the end)`` from the build's timings record."""
+    record = course.read_timings(out_dir)
+    if record is None:
+        return ""
+    m, start, end = record.get("machine", {}), record.get("load_average_start"), record.get("load_average_end")
+    return (f" on {html.escape(str(m.get('cpu')))}, {m.get('cores')} cores (1-minute load average "
+            f"{start[0] if start else '?'} at the start, {end[0] if end else '?'} at the end)")
+
+
 def _evidence_html(run_dirs: Sequence[Path], out_dir: Path) -> str:
     """The answer, the comparison figure, a row of example heatmaps per method and the table, as HTML."""
-    from anomaly import evidence, viz
+    from anomaly import evidence, pairwise, seeds, viz
     from anomaly.run_results import comparison_examples, load_results
 
     results = [load_results(d) for d in run_dirs]
-    margins = evidence.margins_over_baseline(results)
+    trained = {r.method: [load_results(d) for d in seeds.seed_runs(r.run_dir)] for r in results}
+    trained = {m: runs for m, runs in trained.items() if len(runs) > 1}
+    resampler = pairwise.Resampler(results[0].predictions["labels"])
+    margins = evidence.margins_over_baseline(results, seed_results=trained, resampler=resampler)
+    pairs = pairwise.pairwise(results, trained, resampler)
+    spreads = {m: seeds.spread(runs[0].run_dir) for m, runs in trained.items()}
     figures = out_dir / "figures"
     figures.mkdir(exist_ok=True)
     viz.comparison_figure({r.method: r.metrics for r in results}).savefig(figures / "comparison.png", dpi=90)
     viz.method_gallery(**comparison_examples(results, 4)).savefig(figures / "examples.png", dpi=70)
-    table = evidence.comparison_table(results, margins).reset_index().to_html(index=False, border=0)
-    return (f"<h2>The answer</h2><p>{_markdown_inline(evidence.answer_paragraph(results, margins))}</p>"
+    table = evidence.comparison_table(results, margins, spreads).reset_index().to_html(index=False, border=0)
+    pair_table = pairwise.pairwise_table(pairs).reset_index().to_html(index=False, border=0)
+    return (f"<h2>The answer</h2><p>{_markdown_inline(evidence.answer_paragraph(results, margins, pairs))}</p>"
             f"<img src='figures/comparison.png' alt='test metrics per method with 95 % intervals'>"
             f"<h2>The same test images under each method</h2>"
             f"<img src='figures/examples.png' alt='example heatmaps, one column per method'>"
             f"<h2>Test metrics (95 % bootstrap intervals; margins over the no-learning baseline)</h2>{table}"
             f"<p>F1 at the calibrated threshold uses a threshold set from good training images only (out-of-sample calibration scores); F1-max (oracle) "
             f"picks its threshold with the test labels (an upper bound). 'flag every part' is the F1 of calling "
-            f"every part defective. A margin is a real difference only when its interval excludes 0.</p>")
+            f"every part defective. A margin is a real difference only when its interval excludes 0 -- for a "
+            f"trained method, for every training seed.</p>"
+            f"<h2>Learned methods against each other (paired, same test images)</h2>{pair_table}")
 
 
 def _markdown_inline(text: str) -> str:

@@ -22,7 +22,8 @@ from typing import Any
 
 import pandas as pd
 
-from anomaly.inspection import COLUMNS
+from anomaly.results_csv import COLUMNS, path_text
+from anomaly.utils import printable
 
 _TYPES = {"path": "string", "score": "float64", "is_anomalous": "bool", "regions": "int64", "error": "string",
           "run": "string"}
@@ -77,7 +78,7 @@ def read_done(path: str | Path, fingerprint: str | None = None) -> collections.C
         if not table.schema.equals(_schema()):
             raise ResultsParquetError(f"{part} has columns {table.schema.names}, expected {list(COLUMNS)}; "
                                       f"choose another --parquet folder")
-        if fingerprint is not None and "run" in COLUMNS:
+        if fingerprint is not None:
             runs = set(table.column("run").to_pylist()) - {fingerprint}
             if runs:
                 raise ResultsParquetError(f"{part} holds rows of another run ({sorted(runs)[0]!r}; this run is "
@@ -114,7 +115,8 @@ class ParquetResults:
 
     def write(self, row: dict[str, Any]) -> None:
         """Buffer one row of the CSV writer's form (``""`` where a value is missing)."""
-        cells = {**row, "path": str(row["path"]), "error": str(row.get("error") or ""), "run": self.fingerprint}
+        cells = {**row, "path": path_text(row["path"]), "error": printable(str(row.get("error") or "")),
+                 "run": self.fingerprint}
         self._rows.append({c: None if cells.get(c, "") == "" and c != "error" else cells.get(c) for c in COLUMNS})
 
     def flush(self) -> None:

@@ -20,9 +20,11 @@ from anomaly import data as D
 from anomaly import metrics as M
 from anomaly.calibration import read_calibration
 from anomaly.exploration import examples, load_samples
+from anomaly.folders import run_data
 from anomaly.runs import (RunFolderError, check_run_dir, read_dict, read_metrics, read_predictions,
                           read_threshold)
 from anomaly.utils import read_json
+from anomaly.wording import fmt_ci
 
 
 @dataclass
@@ -84,21 +86,25 @@ def load_results(run_dir: str | Path) -> RunResults:
 
 
 def metrics_table(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
-    """One row per evaluated run (index: method): the test metrics, fit time and speed from ``metrics.json``."""
-    columns = ["image_auroc", "pixel_auroc", "aupro", "aupro_fpr05", "f1", "precision", "recall", "f1_max_oracle",
-               "f1_flag_all", "fit_seconds", "predict_ms_per_image"]
+    """One row per evaluated run (index: method): the test metrics, fit time and speed from ``metrics.json``, and
+    the detector's input side (``input_px``, from ``model.json``). A precision with no part flagged is NaN
+    (undefined), not 0."""
+    columns = ["input_px", "image_auroc", "pixel_auroc", "aupro", "aupro_fpr05", "f1", "precision", "recall",
+               "f1_max_oracle", "f1_flag_all", "fit_seconds", "predict_ms_per_image"]
     rows = {}
     for run_dir in run_dirs:
         metrics = read_json(Path(run_dir) / "metrics.json")
-        rows[metrics["method"]] = {c: metrics.get(c, np.nan) for c in columns}
+        row = {c: metrics.get(c, np.nan) for c in columns}
+        row["input_px"] = read_json(Path(run_dir) / "model.json")["config"]["image_size"]
+        if metrics.get("tp", 1) + metrics.get("fp", 0) == 0:
+            row["precision"] = np.nan
+        rows[metrics["method"]] = row
     return pd.DataFrame.from_dict(rows, orient="index", columns=columns).rename_axis("method")
 
 
 def per_defect_table(metrics: dict[str, Any]) -> pd.DataFrame:
     """Per defect type (rounded): test images, image AUROC (that type vs good) with its 95 % interval, recall
     at the threshold, AUPRO@0.3 with its interval."""
-    from anomaly.evidence import fmt_ci
-
     rows = {name: {"n": e["n"], "image AUROC [95 % CI]": fmt_ci(e["image_auroc"], e.get("image_auroc_ci")),
                    "recall at threshold": round(e["recall_at_threshold"], 2),
                    "AUPRO@0.3 [95 % CI]": fmt_ci(e.get("aupro"), e.get("aupro_ci"))}
@@ -138,7 +144,10 @@ def comparison_examples(results: Sequence[RunResults], n: int | None = None) -> 
     maps = {r.method: torch.nn.functional.interpolate(torch.from_numpy(r.predictions["anomaly_maps"][chosen])[:, None],
                                                        size=size, mode="bilinear")[:, 0].numpy() for r in results}
     return {"images": big.images(chosen), "maps_by_method": maps, "gt_masks": big.predictions["gt_masks"][chosen],
-            "ranges": {r.method: r.display_range for r in results}, "titles": [str(types[i]) for i in chosen]}
+            "ranges": {r.method: r.display_range for r in results}, "titles": [str(types[i]) for i in chosen],
+            "scores_by_method": {r.method: r.predictions["image_scores"][chosen] for r in results},
+            "thresholds": {r.method: r.threshold for r in results},
+            "sizes": {r.method: read_json(Path(r.run_dir) / "model.json")["config"]["image_size"] for r in results}}
 
 
 def fitted_state_table(run_dir: str | Path) -> pd.DataFrame:
@@ -169,8 +178,7 @@ def reconstruction_examples(run_dir: str | Path, n: int = 4, device: str = "cpu"
     run = load_run(run_dir, device=device)
     if not hasattr(run.detector, "reconstruct"):
         raise ValueError(f"{run_dir} is a {run.config['method']} run; reconstructions need an autoencoder run")
-    test = D.load_splits(run.config["data"], run.config["category"], run.config["val_fraction"],
-                         run.config["seed"]).test
+    test = run_data(run.config, run.config["val_fraction"]).splits.test
     chosen = examples([s for s in test if s.label == 1], per_type=1)[: max(n - 1, 1)]
     chosen += [s for s in test if s.label == 0][:1]
     images, masks = load_samples(chosen, run.image_size)

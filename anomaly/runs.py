@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import functools
 import hashlib
 import inspect
@@ -85,8 +86,30 @@ def staged_run_dir(run_dir: str | Path) -> Iterator[Path]:
         write_marker(stage)
         _swap_into_place(stage, run_dir)
         logger.info("run folder %s complete", run_dir)
+    except (OSError, RuntimeError) as err:
+        reason = _write_failure(err, stage)
+        if reason is None:
+            raise
+        raise RunFolderError(f"cannot write the run folder {run_dir}: {reason}; the previous run there (if any) is "
+                             f"unchanged: free some space and fit again") from None
     finally:
         shutil.rmtree(stage, ignore_errors=True)  # after a swap: the previous run
+
+
+def _write_failure(err: BaseException, stage: Path) -> str | None:
+    """Why writing ``stage`` failed, in words, when ``err`` is a full disk (ENOSPC, a quota) or torch's
+    archive writer failing (it says only "unexpected pos ..." on a full disk); else None."""
+    torch_write = isinstance(err, RuntimeError) and ("inline_container" in str(err) or "StreamWriter" in str(err))
+    full = isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+    if not (torch_write or full):
+        return None
+    try:
+        free = shutil.disk_usage(stage).free / 2**20
+    except OSError:
+        free = float("nan")
+    full = full or free < 64  # torch's error on a full disk says no more than this
+    what = "the disk is full" if full else f"torch.save could not write the model ({err})"
+    return f"{what} ({free:.0f} MiB free on its disk)"
 
 
 def check_replaceable(run_dir: Path) -> None:

@@ -5,9 +5,10 @@ FastAPI app with ``GET /health``, ``GET /model``, ``POST /predict`` (multipart f
 ``POST /predict/batch`` (multipart field ``files``), the inspection page at ``GET /`` and offline
 OpenAPI docs at ``GET /docs`` (:mod:`anomaly.web`); with an ``api_key``, every endpoint but
 ``/health`` (and the page, which asks for the key) answers 401 without the ``X-API-Key`` header.
-Uploads are decoded from bytes (never from a filesystem path) by the data layer's defensive
-decoder (:func:`anomaly.data.decode_image`: pixel and aspect caps, cheap PIL reduction of huge
-images, a bound on concurrent heavy decodes), resized to the model's input size as the evaluation
+Uploads are decoded from their spooled files (never from a filesystem path a client names) by the
+one defensive decoder (:func:`anomaly.decoding.decode_with_hw`: a format allow-list, pixel and
+aspect caps, a per-process budget of pixels decoded at once, cheap PIL reduction of huge images,
+EXIF orientation, no NaN pixels), resized to the model's input size as the evaluation
 pipeline does, and scored with the exported ONNX graph run by onnxruntime when it passes the
 parity check (``runtime="auto"``, the default of ``anomaly serve``), else with PyTorch. Scoring endpoints are plain ``def`` functions, so FastAPI runs
 them in its thread pool; the app keeps no mutable per-request state, so concurrent requests get
@@ -33,9 +34,9 @@ from fastapi import FastAPI, File, Form, HTTPException, UploadFile
 from pydantic import BaseModel
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from anomaly.data import ImageDecodeError, decode_image  # the one defensive decoder, shared with the data layer
+from anomaly.decoding import ImageDecodeError, decode_image, decode_with_hw  # the one defensive decoder
 from anomaly.geometry import Letterbox
-from anomaly.http_guards import LOOPBACK_HOSTS, BodyLimitMiddleware
+from anomaly.http_guards import LOOPBACK_HOSTS, BodyLimitMiddleware, SecurityHeadersMiddleware
 from anomaly.models import Prediction
 from anomaly.utils import read_json
 
@@ -114,14 +115,15 @@ def create_app(run_dir: str | Path, runtime: str = "torch", max_upload_bytes: in
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_upload_bytes)
     if api_key is not None:
         app.add_middleware(ApiKeyMiddleware, api_key=check_api_key(api_key))
-    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts), www_redirect=False)  # outermost
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts), www_redirect=False)
+    app.add_middleware(SecurityHeadersMiddleware)  # outermost: every answer, a 400 or 413 included
 
     @app.get("/health")
-    def health() -> dict[str, str]:
+    async def health() -> dict[str, str]:  # on the event loop: answered even while every worker thread decodes
         return {"status": "ok"}
 
     @app.get("/model")
-    def model() -> dict[str, Any]:
+    async def model() -> dict[str, Any]:
         return service.info
 
     @app.post("/predict", response_model=PredictResponse)
@@ -174,33 +176,21 @@ def _warm_up(service: _Service) -> None:
 
 
 def _score_uploads(service: _Service, files: list[UploadFile], mask: bool = False) -> list[PredictResponse]:
-    """Decode every upload (4xx naming the file on failure), score them as one batch."""
+    """Decode every upload from its spooled file (4xx naming the file on failure), score them as one batch."""
     images, sizes = [], []
     for i, upload in enumerate(files):
-        name = upload.filename or f"file #{i}"
         try:
-            data = upload.file.read()
-            images.append(decode_image(data, service.image_size))  # (3, S, S)
+            image, hw = decode_with_hw(upload.file, service.image_size)  # (3, S, S), upright (H, W)
         except ImageDecodeError as err:
-            raise HTTPException(err.status_code, f"{name}: {err}") from err
-        sizes.append(_input_hw(data, service.image_size))
+            raise HTTPException(err.status_code, f"{upload.filename or f'file #{i}'}: {err}") from err
+        images.append(image)
+        sizes.append(hw)
     out = service.scorer.predict(torch.stack(images))  # scores (B,), maps (B, S, S)
     return [PredictResponse(score=_finite(score), is_anomalous=bool(score >= service.threshold),
                             threshold=service.threshold, filename=upload.filename,
                             heatmap_png_base64=_heatmap_base64(*_image_area(image, amap, hw), service),
                             **_regions(amap, hw, service, mask))
             for upload, image, score, amap, hw in zip(files, images, out.image_scores.tolist(), out.anomaly_maps, sizes)]
-
-
-def _input_hw(data: bytes, default: int) -> tuple[int, int]:
-    """(H, W) of an upload that decoded (its header is read again; it was already checked)."""
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            return img.height, img.width
-    except Exception:  # decode_image accepted it; fall back to the model's size
-        return default, default
 
 
 def _image_area(image: torch.Tensor, amap: np.ndarray, hw: tuple[int, int]) -> tuple[torch.Tensor, np.ndarray]:

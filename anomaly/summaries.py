@@ -7,7 +7,7 @@ true/false positives (04), the method comparison and the data-efficiency sweep (
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -16,46 +16,57 @@ import torch
 from anomaly.calibration import read_calibration
 from anomaly.run_results import RunResults, fitted_state_table
 from anomaly.utils import read_json
+from anomaly.wording import fmt, fmt_ci, plural
+
+
+_NAMES = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO@0.3", "aupro_fpr05": "AUPRO@0.05"}
 
 
 def summarise_metrics(metrics: dict[str, Any]) -> str:
     """Markdown conclusions written from one run's ``metrics.json`` (no typed-in numbers)."""
+    from anomaly.evidence import precision_of
+
     m = metrics
     auroc = m["image_auroc"]
-    verdict = ("near perfect" if auroc >= 0.98 else "good" if auroc >= 0.9 else "useful but imperfect"
-               if auroc >= 0.75 else "weak" if auroc >= 0.6 else "close to chance, which is 0.5")
-    per_type = m.get("per_defect_type", {})
     ci = m.get("image_auroc_ci") or [np.nan, np.nan]
+    verdict = ("its interval includes chance (0.5): this ranking cannot be told apart from a coin toss"
+               if ci[0] <= 0.5 <= ci[1] else "below chance (0.5) for the whole interval" if ci[1] < 0.5
+               else "above chance (0.5) for the whole interval")
+    per_type = m.get("per_defect_type", {})
     flag_all = m.get("f1_flag_all", np.nan)
+    flagged = m["tp"] + m["fp"]
     lines = [f"**{m['method']}** on `{m['category']}` ({m['n_test_images']} test images):",
              f"- Image AUROC **{auroc:.3f}** (95 % bootstrap interval {ci[0]:.3f}-{ci[1]:.3f}; {verdict}): a random "
              f"defective image outscores a random good one {100 * auroc:.0f}% of the time.",
              f"- At the threshold set from good calibration images only ({m['threshold']:.4g}): recall {m['recall']:.2f} "
-             f"({m['tp']} of {m['tp'] + m['fn']} defective caught), precision {m['precision']:.2f}, "
-             f"{m['fp']} of {m['fp'] + m['tn']} good images falsely rejected; F1 {m['f1']:.3f}.",
+             f"({m['tp']} of {m['tp'] + m['fn']} defective caught), precision {fmt(precision_of(m), '.2f')}"
+             + ("" if flagged else " (no part flagged)")
+             + f", {m['fp']} of {m['fp'] + m['tn']} good images falsely rejected; F1 {m['f1']:.3f}.",
              f"- Flagging every part, with no model at all, gives F1 {flag_all:.3f} (recall 1, precision = the test "
              f"set's defect rate). The ORACLE F1-max (threshold picked with the test labels) is "
-             f"{m['f1_max_oracle']:.3f}, {m['f1_max_oracle'] - flag_all:+.3f} over that floor"
-             + (": the ranking adds little beyond it." if m['f1_max_oracle'] - flag_all < 0.02 else ".")
-             + f" The honest F1 at the calibrated threshold is {m['f1']:.3f}.",
+             f"{m['f1_max_oracle']:.3f}, {m['f1_max_oracle'] - flag_all:+.3f} over that floor. The honest F1 at the "
+             f"calibrated threshold is {m['f1']:.3f}"
+             + (f", BELOW the flag-every-part floor: at this threshold the model is worse than no model for F1."
+                if m["f1"] < flag_all else "."),
              f"- Localisation: pixel AUROC {m['pixel_auroc']:.3f}, AUPRO@0.3 {m['aupro']:.3f}, AUPRO@0.05 "
-             f"{m.get('aupro_fpr05', np.nan):.3f} (AUPRO weights every defect region equally; the 0.05 limit only "
+             f"{fmt(m.get('aupro_fpr05'))} (AUPRO weights every defect region equally; the 0.05 limit only "
              f"credits maps that flag few good pixels)."]
     if per_type:
         ranked = sorted(per_type.items(), key=lambda kv: kv[1]["image_auroc"])
-        lines.append(f"- Hardest defect type: `{ranked[0][0]}` (AUROC {ranked[0][1]['image_auroc']:.3f}); easiest: "
-                     f"`{ranked[-1][0]}` (AUROC {ranked[-1][1]['image_auroc']:.3f}).")
+        lines.append(f"- Lowest image AUROC by defect type: `{ranked[0][0]}` ({ranked[0][1]['image_auroc']:.3f}); "
+                     f"highest: `{ranked[-1][0]}` ({ranked[-1][1]['image_auroc']:.3f}) -- per type intervals are in "
+                     f"the table above.")
     return "\n".join(lines)
 
 
 def summarise_comparison(table: pd.DataFrame, margins: dict[str, Any] | None = None) -> str:
-    """Markdown: which method wins on each metric, each method's margin over the best baseline (with its paired
-    interval, from :func:`anomaly.evidence.margins_over_baseline`), the flag-all F1, and how fast each is."""
-    from anomaly.evidence import fmt_ci
+    """Markdown: each method's margin over the best baseline (with its paired interval and, for a trained method,
+    its verdict over seeds), the flag-all F1, the best method per metric, and speed at each method's input size."""
+    from anomaly.pairwise import verdict
 
     lines = []
     for method, margin in (margins or {}).items():
-        parts = [f"{key.replace('_', ' ')} {fmt_ci(m['margin'], m['ci'], signed=True)}{'' if m['real'] else ' (not real)'}"
+        parts = [f"{_NAMES.get(key, key)} {fmt_ci(m['margin'], m['ci'], signed=True)}: {verdict(m)}"
                  for key, m in sorted(margin.items())]
         lines.append(f"- **{method}** over the best baseline: " + "; ".join(parts) + ".")
     if "f1_flag_all" in table and table["f1_flag_all"].notna().any():
@@ -65,26 +76,72 @@ def summarise_comparison(table: pd.DataFrame, margins: dict[str, Any] | None = N
                           ("aupro", "region overlap (AUPRO@0.3)"), ("f1", "F1 at the calibrated threshold")):
         ranked = table[column].sort_values(ascending=False)
         others = ", ".join(f"{k} {v:.3f}" for k, v in ranked.iloc[1:].items())
-        lines.append(f"- Best {label}: **{ranked.index[0]}** ({ranked.iloc[0]:.3f}){'; ' + others if others else ''}.")
-    fastest = table["predict_ms_per_image"].idxmin()
-    lines.append(f"- Fastest inference: **{fastest}** ({table.loc[fastest, 'predict_ms_per_image']:.1f} ms/image on "
-                 f"this machine); fit times: " + ", ".join(f"{k} {v:.0f} s" for k, v in table["fit_seconds"].items())
-                 + ".")
+        lines.append(f"- Highest {label}: **{ranked.index[0]}** ({ranked.iloc[0]:.3f}){'; ' + others if others else ''} "
+                     f"(whether a gap is real: the margins above).")
+    px = table["input_px"] if "input_px" in table else pd.Series(dtype=float)
+    speed = ", ".join(f"{k} {v:.1f} ms at {px.get(k, float('nan')):.0f} px" for k, v in
+                      table["predict_ms_per_image"].sort_values().items())
+    sizes = ("the input sizes differ, so these times compare methods AND resolutions" if px.nunique() > 1
+             else "every method at the same input size")
+    lines.append(f"- Inference per image on this machine: {speed} ({sizes}); fit times: "
+                 + ", ".join(f"{k} {v:.0f} s" for k, v in table["fit_seconds"].items()) + ".")
     return "\n".join(lines)
 
 
 def summarise_efficiency(table: pd.DataFrame, metric: str = "image_auroc") -> str:
-    """Markdown: how ``metric`` (mean over seeds) grows with the number of good training images (:func:`anomaly.sweeps.data_efficiency`)."""
+    """Markdown: ``metric`` over seeds (mean and min-max) at the smallest and the full training set, and from which
+    size on the mean enters the full set's seed range (:func:`anomaly.sweeps.data_efficiency`)."""
     lines = []
-    table = table.groupby(["method", "n_train"], as_index=False)[metric].mean()  # mean over seeds
     for method, rows in table.groupby("method"):
-        rows = rows.sort_values("n_train")
-        best = rows[metric].max()
-        enough = rows[rows[metric] >= best - 0.02].iloc[0]
-        lines.append(f"- **{method}**: {metric} {rows[metric].iloc[0]:.3f} with {rows['n_train'].iloc[0]} good images, "
-                     f"{rows[metric].iloc[-1]:.3f} with all {rows['n_train'].iloc[-1]}; it first comes within 0.02 of "
-                     f"its best ({best:.3f}) at {int(enough['n_train'])} images.")
+        stats = rows.groupby("n_train")[metric].agg(["mean", "min", "max", "count"]).sort_index()
+        first, full = stats.iloc[0], stats.iloc[-1]
+        inside = stats[(stats["mean"] >= full["min"]) & (stats["mean"] <= full["max"])]
+        reach = (f"the mean first lies inside the full set's seed range at {int(inside.index[0])} images"
+                 if len(inside) and inside.index[0] < stats.index[-1] else
+                 "no smaller training set reaches the full set's seed range")
+        lines.append(f"- **{method}** ({int(full['count'])} fits a size): {_NAMES.get(metric, metric)} {first['mean']:.3f} "
+                     f"[{first['min']:.3f}-{first['max']:.3f}] with {int(stats.index[0])} good images, "
+                     f"{full['mean']:.3f} [{full['min']:.3f}-{full['max']:.3f}] with all {int(stats.index[-1])}; {reach}.")
     return "\n".join(lines)
+
+
+def colour_range_text(results: RunResults) -> str:
+    """Markdown: what the gallery's colours mean for this run, read from its good calibration maps."""
+    q = (read_calibration(results.run_dir).get("map_quantiles") or {}).get("summary")
+    if not q:
+        return "This run recorded no calibration map quantiles: each map is drawn in its own range."
+    return (f"The colour scale of `{results.method}` runs from {q['50']:.4g} (the median pixel of its good calibration "
+            f"maps: blue) to {q['100']:.4g} (their largest pixel: red); 1 % of good calibration pixels lie above "
+            f"{q['99']:.4g}. Red therefore means 'as high as the highest pixels on good parts', not 'never seen on a good "
+            f"part': a method whose good maps are high along the part's outline colours every part's outline.")
+
+
+def outline_text(results: RunResults, indices: Sequence[int]) -> str:
+    """Markdown: for the shown images, how many flagged parts have a map that reaches the threshold, and why not."""
+    p, thr = results.predictions, results.threshold
+    shown = [int(i) for i in indices]
+    if not shown:
+        return "No image is shown."
+    scores = [float(p["image_scores"][i]) for i in shown]
+    peaks = [float(np.nanmax(p["anomaly_maps"][i])) for i in shown]
+    flagged = sum(s >= thr for s in scores)
+    outlined = sum(k >= thr for k in peaks)
+    text = (f"Of the {len(shown)} parts shown, {flagged} score at or above the threshold {thr:.4g} and {outlined} have a "
+            f"map that reaches it (scores {', '.join(f'{v:.3g}' for v in scores)}; map peaks "
+            f"{', '.join(f'{v:.3g}' for v in peaks)}).")
+    cfg = read_json(Path(results.run_dir) / "model.json")["config"]
+    if results.method == "patchcore":
+        k, sigma = cfg["num_neighbors"], cfg["smooth_sigma"]
+        text += (f" PatchCore's image score is the worst patch's nearest-neighbour distance s* times Eq. 7's weight, "
+                 f"which lies in [1 − 1/k, 1) = [{1 - 1 / k:.3f}, 1) for its k = {k} neighbours: Eq. 7 can only lower "
+                 f"the score, and by little. The map is the same distances upsampled and smoothed (Gaussian, sigma "
+                 f"{sigma:g} px), which spreads a one-patch peak and lowers it: it is the smoothing that leaves a "
+                 f"flagged part without an outlined region.")
+    elif flagged > outlined:
+        text += " The map is resized to the image after scoring; its peak can differ slightly from the score."
+    else:
+        text += f" For `{results.method}` the image score is the map's maximum, so a flagged part's map reaches the threshold."
+    return text
 
 
 def summarise_cases(results: RunResults, cases: dict[str, np.ndarray]) -> str:
@@ -130,11 +187,13 @@ def summarise_fit(run_dir: str | Path) -> str:
     state = fitted_state_table(run_dir)
     calibration = read_calibration(run_dir)
     val = np.asarray(calibration["scores"])
-    rule = f"{thr.get('estimator', 'conformal')} threshold for a {thr.get('target_frr', 0.05):g} false-reject rate"
+    rule = (f"{thr.get('estimator', 'conformal')} threshold for a target false-reject rate of {thr['target_frr']:g}"
+            + ("" if thr.get("reachable", True) else " (NOT reachable with this many scores: the largest is used)")
+            if thr.get("target_frr") is not None else "threshold (no target false-reject rate recorded)")
     lines = [f"- **{config['method']}** fitted on {fit['n_train']} good `{config['category']}` images at "
              f"{model['config']['image_size']} px in {fit['fit_seconds']:.1f} s on {config['device']}; the saved "
              f"state holds {state['values'].sum():,} numbers ({state['MiB'].sum():.1f} MiB).",
-             f"- Threshold {thr['threshold']:.4g}: the {rule} from {len(val)} good {calibration['kind']} scores "
+             f"- Threshold {thr['threshold']:.4g}: the {rule} from {plural(len(val), 'good ' + calibration['kind'] + ' score')} "
              f"(range {val.min():.4g} .. {val.max():.4g}); no test image was used."]
     lines += _feature_lines(model["config"], state, fit["n_train"])
     history = fit.get("history") or []
@@ -165,3 +224,18 @@ def _feature_lines(config: dict[str, Any], state: pd.DataFrame, n_train: int) ->
                      f"a {dims} x {dims} inverse covariance ({state.loc['inv_covariance', 'MiB']:.0f} MiB in all); "
                      f"the {dims} channels are a seeded random subset of the concatenated features.")
     return lines
+
+
+def cases_over_seeds(run_dir: str | Path) -> str:
+    """Markdown: caught defects and false rejects of every evaluated training seed of ``run_dir`` (one seed: empty)."""
+    from anomaly.runs import is_evaluated
+    from anomaly.seeds import seed_runs
+
+    records = [read_json(Path(d) / "metrics.json") for d in seed_runs(run_dir) if is_evaluated(d)]
+    if len(records) < 2:
+        return ""
+    m = records[0]
+    return (f"Over its {len(records)} training seeds, **{m['method']}** catches "
+            f"{', '.join(str(r['tp']) for r in records)} of {m['tp'] + m['fn']} defective images and falsely rejects "
+            f"{', '.join(str(r['fp']) for r in records)} of {m['fp'] + m['tn']} good ones: one seed's cases are one "
+            f"draw among these.")

@@ -28,8 +28,9 @@ def data_efficiency(base: RunConfig, sizes: Sequence[int], out_dir: str | Path, 
 
     Seed ``base.seed + k`` draws the subset, the validation carve and the detector's randomness; the
     test set is the same for every fit, so the spread over seeds is the spread due to *which* good
-    parts were seen (notebook 05 plots it as a band). When the method fits every good image (it is
-    cross-fitted, no validation carve), the full-set point has no subset to draw and is fitted once.
+    parts were seen and to the fit's own randomness (notebook 05 plots it as a band). Every seed is
+    fitted at every size, the full training set included: a cross-fitted method sees the same images
+    there, and its band is then the fit-to-fit noise (coreset, folds, training), never a zero width.
 
     Args:
         reuse: evaluated run folders; one fitted on the full training set with the same settings as
@@ -41,20 +42,17 @@ def data_efficiency(base: RunConfig, sizes: Sequence[int], out_dir: str | Path, 
     """
     from anomaly.pipeline import evaluate_run, fit_run
 
-    rows, method, first_full = [], base.method, None
+    rows, method = [], base.method
     for s in range(base.seed, base.seed + max(seeds, 1)):
         full_config = base.replace(seed=s, max_train=None)
         n_all = len(D.load_splits(base.data, base.category, val_fraction=_pool_fraction(method), seed=s).train)
-        full = next((Path(r) for r in reuse if _same_run(r, full_config)), None)
-        if full is None and _pool_fraction(method) == 0.0:
-            full = first_full  # every good image fits: no subset to draw, so one full run serves every seed
+        full = next((Path(r) for r in reuse if _same_run(r, full_config)), None)  # the same fit, already evaluated
         for n in tqdm(sorted({n for n in sizes if 0 < n < n_all} | {n_all}), desc=f"data efficiency, seed {s}"):
             run_dir = full if n == n_all and full is not None else None
             if run_dir is None:
-                run_dir = fit_run(base.replace(seed=s, max_train=n), Path(out_dir) / f"{method}_s{s}_n{n:04d}")
+                config = full_config if n == n_all else base.replace(seed=s, max_train=n)
+                run_dir = fit_run(config, Path(out_dir) / f"{method}_s{s}_n{n:04d}")
                 evaluate_run(run_dir, device=base.device)
-            if n == n_all:
-                first_full = first_full or Path(run_dir)
             m = read_json(Path(run_dir) / "metrics.json")
             rows.append({"method": method, "seed": s, "n_train": n, "run_dir": str(run_dir), **{
                 k: m.get(k, np.nan) for k in ("image_auroc", "pixel_auroc", "aupro", "aupro_fpr05", "fit_seconds")}})

@@ -92,10 +92,44 @@ def frr_threshold(scores: np.ndarray, target_frr: float = DEFAULT_TARGET_FRR,
             "reachable": bool(reachable), "calibration_frr": float(np.mean(values >= threshold))}
 
 
+def calibration_rank(n: int, target_frr: float, estimator: str = DEFAULT_ESTIMATOR) -> int | None:
+    """1-based rank of the calibration score used as threshold with ``n`` scores; ``None`` when the target
+    cannot be met with ``n`` scores (conformal: ``k = ceil((n + 1)(1 - alpha)) > n``). ``tail`` is always 0."""
+    check_decision(target_frr, estimator)
+    if estimator == "tail":
+        return 0
+    k = _order_index(int(n), float(target_frr), estimator)
+    return k if k <= n else None
+
+
+def min_calibration_size(target_frr: float, estimator: str = DEFAULT_ESTIMATOR, limit: int = 100_000) -> int | None:
+    """The fewest good calibration scores with which ``target_frr`` is reachable (conformal: ``ceil(1/alpha - 1)``)."""
+    return next((n for n in range(1, limit + 1) if calibration_rank(n, target_frr, estimator) is not None), None)
+
+
+def conformal_rank(n: int, alpha: float) -> int:
+    """The split-conformal rank ``k = ceil((n + 1)(1 - alpha))`` (1-based; it may exceed ``n``: unreachable).
+
+    Rejecting a new good score above the ``k``-th smallest of ``n`` exchangeable good scores has an
+    expected false-reject rate of ``(n + 1 - k) / (n + 1) <= alpha``; ``k <= n`` needs ``n >= 1/alpha - 1``.
+    """
+    if n < 1:
+        raise ValueError(f"the conformal rank needs at least one calibration score, got n={n}")
+    return math.ceil((n + 1) * (1.0 - check_rate(alpha, "alpha")) - 1e-12)
+
+
+def min_scores_for(alpha: float) -> int:
+    """The fewest calibration scores whose conformal rank is reachable at ``alpha`` (k <= n)."""
+    n = max(1, math.ceil(1.0 / check_rate(alpha, "alpha") - 1.0 - 1e-9))
+    while conformal_rank(n, alpha) > n:  # guard against rounding at the boundary
+        n += 1
+    return n
+
+
 def _order_index(n: int, alpha: float, estimator: str) -> int:
     """1-based rank of the order statistic used as threshold (n + 1 when none meets the target)."""
     if estimator == "conformal":
-        return min(math.ceil((n + 1) * (1.0 - alpha) - 1e-12), n + 1)
+        return min(conformal_rank(n, alpha), n + 1)
     if estimator == "empirical":
         return max(1, math.ceil(n * (1.0 - alpha) - 1e-12))
     from scipy import stats  # lazily: the CLI imports this module for its defaults

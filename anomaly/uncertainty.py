@@ -22,27 +22,30 @@ from anomaly import metrics as M
 
 
 def uncertainty_metrics(out: dict[str, np.ndarray], samples: Sequence[Any], threshold: float,
-                        n_resamples: int = B.N_RESAMPLES, seed: int = B.SEED) -> dict[str, Any]:
+                        n_resamples: int = B.N_RESAMPLES, seed: int = B.SEED, pixel: bool = True) -> dict[str, Any]:
     """Intervals and the extra metrics for one method's test predictions.
 
     Args:
         out: ``labels`` (N,), ``image_scores`` (N,), ``anomaly_maps`` and ``gt_masks`` (N, H, W).
         samples: the N test samples (their ``defect_type``), in the same order.
         threshold: the calibrated decision threshold (for recall by type and by size).
+        pixel: ``False`` for test sets without masks: the pixel metrics (AUPRO@0.05, by defect size, the
+            pixel intervals) are ``None`` / left out.
     """
     labels, scores = np.asarray(out["labels"]), np.asarray(out["image_scores"], dtype=np.float64)
     masks, maps = np.asarray(out["gt_masks"]), np.asarray(out["anomaly_maps"], dtype=np.float32)
-    binned = B.bin_maps(masks, maps)
+    binned = B.bin_maps(masks, maps) if pixel else None
     intervals = _intervals(labels, scores, binned, n_resamples, seed)
     result: dict[str, Any] = {f"{key}_ci": ci for key, ci in intervals.items()}
-    result["aupro_fpr05"] = M.aupro(masks, maps, fpr_limit=0.05)
+    result["aupro_fpr05"] = M.aupro(masks, maps, fpr_limit=0.05) if pixel else None
     result["f1_flag_all"] = M.f1_flag_all(labels)
-    result["by_defect_size"] = M.detection_by_size(labels, scores, masks, threshold)
+    result["by_defect_size"] = M.detection_by_size(labels, scores, masks, threshold) if pixel else None
     defect_types = np.array([getattr(s, "defect_type", s) for s in samples])  # samples or their defect types
     per_type = {}
     for name in sorted(set(defect_types) - {"good"}):
         keep = (defect_types == "good") | (defect_types == name)
-        sub = B.BinnedMaps(binned.good[keep], binned.defect[keep], binned.region_cover[keep], binned.n_regions[keep])
+        sub = None if binned is None else B.BinnedMaps(binned.good[keep], binned.defect[keep],
+                                                       binned.region_cover[keep], binned.n_regions[keep])
         cis = _intervals(labels[keep], scores[keep], sub, n_resamples, seed)
         per_type[name] = {"n": int((defect_types == name).sum()),
                           "image_auroc": M.image_auroc(labels[keep], scores[keep]),
@@ -54,7 +57,7 @@ def uncertainty_metrics(out: dict[str, np.ndarray], samples: Sequence[Any], thre
     return result
 
 
-def _intervals(labels: np.ndarray, scores: np.ndarray, binned: B.BinnedMaps, n_resamples: int,
+def _intervals(labels: np.ndarray, scores: np.ndarray, binned: B.BinnedMaps | None, n_resamples: int,
                seed: int) -> dict[str, list[float]]:
     if labels.all() or not labels.any():
         return {}

@@ -1,4 +1,4 @@
-"""Small shared helpers: device resolution, seeding, strict typed dataclass configs, JSON I/O."""
+"""Small shared helpers: device resolution, seeding, strict typed dataclass configs, JSON I/O, printable names."""
 
 from __future__ import annotations
 
@@ -131,3 +131,19 @@ def _to_builtin(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+_CONTROL_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(32), 127)}
+
+
+def printable(text: str) -> str:
+    """``text`` as one line of valid UTF-8: the bytes of a file name that is not UTF-8 (Python's
+    surrogate escapes) and control characters (a newline in a name) written as ``\\xNN``.
+
+    How a path or an error naming one is reported in CSV, JSON and messages.
+    """
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that is not an escaped byte
+        raw = text.encode("utf-8", "backslashreplace")
+    return raw.decode("utf-8", "backslashreplace").translate(_CONTROL_ESCAPES)

@@ -61,7 +61,8 @@ def heatmap_gallery(images: Sequence, anomaly_maps: Sequence, gt_masks: Sequence
     """A grid of overlays (one per image), all with the same colour range and one colour bar, GT outlines in green.
 
     ``threshold``: marked on the colour bar and outlined (white dashes) where a map reaches it. For methods whose
-    image score is the map's maximum, a map crossing it is a flagged part (PatchCore re-weights its score: Eq. 7).
+    image score is the map's maximum, a map crossing it is a flagged part (PatchCore scores its unsmoothed
+    worst patch, so its smoothed map can stay below the threshold of a flagged part).
     """
     n = len(images)
     if n == 0:  # e.g. no false negatives at this threshold
@@ -110,16 +111,36 @@ def triptych(images: Sequence, reconstructions: Sequence, anomaly_maps: Sequence
 
 def method_gallery(images: Sequence, maps_by_method: Mapping[str, Sequence], gt_masks: Sequence | None = None,
                    ranges: Mapping[str, tuple[float, float]] | None = None,
-                   titles: Sequence[str] | None = None) -> Figure:
-    """The same images (rows) under each method's heatmap (columns), each method in its own colour range."""
+                   titles: Sequence[str] | None = None, scores_by_method: Mapping[str, Sequence[float]] | None = None,
+                   thresholds: Mapping[str, float] | None = None, sizes: Mapping[str, int] | None = None) -> Figure:
+    """The same images (rows) under each method's heatmap (columns), each method in its own colour range.
+
+    Each method's column gets its colour bar (with its threshold dashed on it) and each panel the image's score
+    (``flagged`` when ``score >= threshold``): colours of two methods are not comparable,
+    their scores against their own thresholds are. ``sizes``: each method's input side (px), named on its bar.
+    """
     methods = list(maps_by_method)
     fig, axes = new_figure(len(images), 1 + len(methods), cell=2.6)
+    for j, method in enumerate(methods, 1):
+        vmin, vmax = (ranges or {}).get(method, (None, None))
+        thr = (thresholds or {}).get(method)
+        artist = None
+        for i, ax in enumerate(axes[:, j]):
+            mask = None if gt_masks is None else gt_masks[i]
+            title = method
+            if scores_by_method is not None:
+                score = float(scores_by_method[method][i])
+                title += f" {score:.3g}" + (" flagged" if thr is not None and score >= thr else "")
+            artist = _draw_overlay(ax, images[i], maps_by_method[method][i], mask, vmin, vmax, title=title)
+        if len(images):
+            bar = fig.colorbar(artist, ax=axes[:, j], shrink=0.6, location="bottom")
+            if thr is not None:
+                bar.ax.axvline(thr, color="white", linewidth=2, linestyle="--")
+                size = f" at {sizes[method]} px" if sizes and method in sizes else ""
+                bar.set_label(f"{method}{size} score (dashed: threshold {thr:.3g})", fontsize=7)
     for i, row in enumerate(axes):
         mask = None if gt_masks is None else gt_masks[i]
         _draw_overlay(row[0], images[i], gt_mask=mask, title=titles[i] if titles else "image")
-        for ax, method in zip(row[1:], methods):
-            vmin, vmax = (ranges or {}).get(method, (None, None))
-            _draw_overlay(ax, images[i], maps_by_method[method][i], mask, vmin, vmax, title=method)
     return fig
 
 
@@ -199,3 +220,26 @@ def patch_pair_figure(test_image, test_cell: tuple[int, int], good_image, good_c
     return fig
 
 
+
+
+def coreset_figure(points: np.ndarray, chosen: Sequence[int], radius: float) -> Figure:
+    """2-D points, the greedy k-centre picks (numbered in order) and the covering radius around each pick.
+
+    Args:
+        points: (N, 2). chosen: indices in selection order. radius: largest distance of any point to its nearest pick.
+    """
+    from matplotlib.patches import Circle
+
+    fig, axes = new_figure(1, 1, cell=4.5)
+    ax = axes[0, 0]
+    points = np.asarray(points)
+    ax.scatter(points[:, 0], points[:, 1], s=6, color="grey", label=f"all points (n={len(points)})")
+    picks = points[list(chosen)]
+    ax.scatter(picks[:, 0], picks[:, 1], s=30, color="tab:red", label=f"coreset (k={len(picks)})")
+    for order, (x, y) in enumerate(picks):
+        ax.add_patch(Circle((x, y), radius, fill=False, color="tab:red", alpha=0.3))
+        ax.annotate(str(order), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set(aspect="equal", title=f"greedy k-centre: every point within {radius:.3f} of a pick", xlabel="feature 1",
+           ylabel="feature 2")
+    ax.legend(fontsize=7, loc="upper right")
+    return fig

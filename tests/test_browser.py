@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from anomaly.browser import VIEWPORT, launch, missing_browser_reason, serve, upload
+from anomaly.browser import VIEWPORT, launch, missing_browser_reason, serve, upload, wait_until
 from anomaly.service import create_app
 
 KEY = "browser-test-key-0123456789"
@@ -53,7 +53,7 @@ def test_upload_shows_verdict_score_and_heatmap(browser, open_url, patchcore_run
         expected = client.post("/predict", files={"file": (defective.name, defective.read_bytes())}).json()
     assert float(card.get_attribute("data-score")) == pytest.approx(expected["score"], rel=1e-6)
     assert card.locator(".verdict").inner_text() == ("Anomalous" if expected["is_anomalous"] else "Normal")
-    page.wait_for_function("document.querySelector('#results img.heatmap').naturalWidth > 0")
+    wait_until(page, "document.querySelector('#results img.heatmap').naturalWidth > 0")
     assert page.eval_on_selector("#results img.heatmap", "img => img.naturalWidth") == 64
     assert card.locator(".colourbar").count() == 1
     bad = tmp_path / "notes.txt"
@@ -139,4 +139,25 @@ def test_docs_render_with_the_network_cut_off(browser, open_url):
     page.goto(open_url + "/docs")
     page.wait_for_selector(".opblock", timeout=30_000)  # Swagger UI rendered the operations
     assert page.locator(".opblock").count() >= 4 and outside == []
+    page.close()
+
+
+def test_page_and_docs_work_under_their_content_security_policy(browser, open_url, defective):
+    """The page (inline script and style allowed by hash only) and the docs load, score and render with no
+    CSP violation reported, and a script injected into the page is refused."""
+    page = browser.new_page(viewport=VIEWPORT)
+    refused = []
+    page.on("console", lambda message: refused.append(message.text) if "Content Security Policy" in message.text
+            else None)
+    page.goto(open_url + "/")
+    page.wait_for_selector("#card dt")
+    assert upload(page, defective).get_attribute("data-state") == "done"
+    wait_until(page, "document.querySelector('#results img.heatmap').naturalWidth > 0")
+    page.goto(open_url + "/docs")
+    page.wait_for_selector(".opblock", timeout=30_000)
+    assert refused == []
+    page.goto(open_url + "/")
+    page.evaluate("""() => { const s = document.createElement('script'); s.textContent = 'window.injected = 1';
+                             document.body.appendChild(s); }""")
+    assert page.evaluate("window.injected === undefined") and any("script-src" in text for text in refused)
     page.close()

@@ -17,7 +17,8 @@ BASE = {"data": "d", "category": "c", "method": "patchcore"}
 _BAD = {"data": (3, None), "category": ([1], None), "method": (1, "nope"), "params": ([1], None),
         "device": (0, None), "seed": (1.5, None), "val_fraction": ("x", 1.0), "batch_size": (True, 0),
         "target_frr": ("x", 1.0), "estimator": (1, "magic"), "pixel_fpr": ([0.1], 0.0), "folds": ("3", 1),
-        "max_train": (2.5, 0)}
+        "max_train": (2.5, 0), "good": (3, None), "defective": ([1], None), "masks": (2, None),
+        "test_good": (True, None), "test_fraction": ("x", 1.0)}
 
 
 @pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(RunConfig)])

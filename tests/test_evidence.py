@@ -57,13 +57,30 @@ def test_a_difference_whose_interval_includes_zero_is_not_called_real():
     assert "not distinguishable from the baseline" in evidence.answer_paragraph([base, twin], margins)
 
 
-def test_size_table_and_sentence():
+def test_size_table_uses_shared_bins_and_gives_intervals():
     results = _toy()
     table = evidence.size_table(results)
-    assert set(table["recall at threshold"].columns) == {"intensity", "patchcore"}
-    assert table["n"]["patchcore"].sum() == 30
+    assert set(table["method"]) == {"intensity", "patchcore"}
+    per_method = table.groupby("method")["n"].sum()
+    assert (per_method == 30).all()  # the same 30 defective images in every method's bins
+    assert (table.groupby("defect area")["n"].nunique() == 1).all()
+    assert ((table["recall_lo"] <= table["recall"]) & (table["recall"] <= table["recall_hi"])).all()
+    assert ((table["auroc_lo"] <= table["auroc"] + 1e-9) & (table["auroc"] <= table["auroc_hi"] + 1e-9)).all()
     assert "patchcore" in evidence.summarise_sizes(table)
-    assert "| defect area |" in evidence.to_markdown(table)
-    from anomaly import viz
+    from anomaly import sizes, viz
 
-    assert len(viz.detection_by_size_figure(table).axes) == 2
+    shown = sizes.display_table(table)
+    assert shown.index[0].endswith("(n=20)") or "(n=" in shown.index[0]
+    assert "| defect area (n) |" in evidence.to_markdown(shown)
+    fig = viz.detection_by_size_figure(table)
+    assert len(fig.axes) == 2 and "(n=" in fig.axes[0].get_xticklabels()[0].get_text()
+
+
+def test_a_calibrated_f1_below_the_flag_all_floor_is_said_and_undefined_precision_spelled_once():
+    base, strong = _toy()
+    strong.metrics.update(f1=0.0, precision=0.0, recall=0.0, tp=0, fp=0)
+    margins = evidence.margins_over_baseline([base, strong], n_resamples=200)
+    table = evidence.comparison_table([base, strong], margins)
+    assert table.loc["patchcore", "F1 at calibrated threshold (P / R)"] == \
+        "0.00 (undefined / 0.00) below the flag-every-part floor"
+    assert "falls below that floor" in evidence.answer_paragraph([base, strong], margins)

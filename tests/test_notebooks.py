@@ -13,9 +13,9 @@ from anomaly.report import METHODS, build_report, check_parameter, plan_jobs, se
 
 # Tiny everything: 64 px, 2 autoencoder epochs, two data-efficiency sizes, one example per case.
 TINY = {"image_size": 64, "epochs": 2, "efficiency_sizes": [3], "efficiency_seeds": 2, "n_examples": 2, "n_per_case": 2,
-        "per_type": 1}
+        "per_type": 1, "example_good": 30}
 STEMS = (["01_data_exploration"] + [f"02_training_{m}" for m in METHODS] + [f"03_evaluation_{m}" for m in METHODS]
-         + ["04_heatmap_gallery", "05_method_comparison"])
+         + ["04_heatmap_gallery", "05_method_comparison", "06_own_parts"])
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +42,76 @@ def test_notebooks_write_run_folders_and_conclusions(report):
         metrics = json.loads((runs / method / "metrics.json").read_text())
         assert metrics["method"] == method and 0.0 <= metrics["image_auroc"] <= 1.0
     refits = sorted(p.parent.name for p in (runs / "efficiency").glob("*/metrics.json"))
-    # 2 seeds x 3 images; the full set (all 12: PatchCore is cross-fitted) has no subset to draw, so every seed
-    # reuses runs/patchcore instead of refitting it
-    assert refits == ["patchcore_s0_n0003", "patchcore_s1_n0003"]
+    # 2 seeds x (3 images, the full set of 12): every seed is fitted at every size; seed 0's full set is the
+    # run of notebook 02 (same settings), reused
+    assert refits == ["patchcore_s0_n0003", "patchcore_s1_n0003", "patchcore_s1_n0012"]
     nb = nbformat.read(out / "03_evaluation_patchcore.ipynb", as_version=4)
     cell = next(c for c in nb.cells if "summarise_metrics" in c.source)  # the conclusions (not the last section)
     conclusion = next(o for o in cell.outputs if "data" in o)["data"]["text/markdown"]
     assert f"{json.loads((runs / 'patchcore' / 'metrics.json').read_text())['image_auroc']:.3f}" in conclusion
+
+
+def _markdown(nb) -> list[str]:
+    return [o["data"]["text/markdown"] for c in nb.cells if c.cell_type == "code" for o in c.outputs
+            if "text/markdown" in o.get("data", {})]
+
+
+def test_exercises_are_solved_and_checked_in_the_report(report):
+    out, _, _ = report
+    for stem in STEMS:
+        nb = nbformat.read(out / f"{stem}.ipynb", as_version=4)
+        checks = [c for c in nb.cells if "check" in c.metadata.get("tags", [])]
+        assert len(checks) >= 2, stem
+        for cell in checks:
+            text = "".join(o["data"]["text/markdown"] for o in cell.outputs if "text/markdown" in o.get("data", {}))
+            assert text.startswith("✅ **Right.**"), (stem, cell.source, text)
+
+
+def test_headers_carry_the_measured_run_time_and_the_text_comes_from_the_records(report):
+    out, runs, _ = report
+    timings = json.loads((out / "timings.json").read_text())
+    assert set(timings["seconds"]) == set(STEMS) and timings["machine"]["cores"] >= 1
+    for stem in STEMS:
+        texts = _markdown(nbformat.read(out / f"{stem}.ipynb", as_version=4))
+        header = next(t for t in texts if "What you will learn" in t)
+        assert f"{timings['seconds'][stem]:.0f} s at the last build" in header, stem
+        assert not any("99th percentile" in t or " nan" in t.lower() for t in texts), stem
+        assert any("What you learned" in t for t in texts), stem
+    html = (out / "03_evaluation_patchcore.html").read_text()
+    assert "at the last build" in html and "not measured yet" not in html
+    threshold = json.loads((runs / "patchcore" / "threshold.json").read_text())
+    calibration = nbformat.read(out / "03_evaluation_patchcore.ipynb", as_version=4)
+    text = next(t for t in _markdown(calibration) if "The conformal rule" in t)
+    assert f"α = {threshold['target_frr']:g} with n = {threshold['n_scores']}" in text
+
+
+def test_trained_methods_have_seed_runs_and_the_comparison_holds_verdicts_to_them(report):
+    out, runs, index = report
+    listed = json.loads((runs / "autoencoder_seeds.json").read_text())["runs"]
+    assert listed == ["autoencoder", "autoencoder_seed1", "autoencoder_seed2"]
+    assert all((runs / name / "metrics.json").is_file() for name in listed)  # fitted by 02, evaluated by 03
+    assert not (runs / "patchcore_seeds.json").exists() or len(json.loads(
+        (runs / "patchcore_seeds.json").read_text())["runs"]) == 1
+    texts = _markdown(nbformat.read(out / "05_method_comparison.ipynb", as_version=4))
+    assert any("patchcore (64 px) − autoencoder (64 px)" in t for t in texts)
+    assert "image AUROC over training seeds" in index.read_text()
+
+
+ALGORITHMS = {"02_training_padim": ("thresholds.conformal_rank", "padim.mahalanobis", "coreset.lazy_greedy",
+                                     "patchcore.reweighted_scores"),
+              "03_evaluation_padim": ("M.pro_curve",)}
+
+
+def test_each_algorithm_cell_is_asserted_equal_to_the_package(report):
+    """The numpy versions (conformal rank, Mahalanobis, greedy k-centre, Eq. 7, PRO) assert equality with the
+    package in the cell itself; the report executed them without error (test above)."""
+    out, _, _ = report
+    for stem, calls in ALGORITHMS.items():
+        cells = nbformat.read(out / f"{stem}.ipynb", as_version=4).cells
+        for call in calls:
+            cell = next(c for c in cells if c.cell_type == "code" and call in c.source)
+            assert "assert " in cell.source and cell.metadata["papermill"]["status"] == "completed", (stem, call)
+            assert not [o for o in cell.outputs if o.output_type == "error"]
 
 
 def test_index_links_every_notebook_and_lists_metrics(report):

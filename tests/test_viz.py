@@ -70,9 +70,33 @@ def test_triptych_rows_of_three():
 
 def test_method_gallery_columns_per_method():
     maps = {"autoencoder": np.random.rand(2, H, W), "patchcore": np.random.rand(2, H, W)}
-    fig = viz.method_gallery(torch.rand(2, 3, H, W), maps, np.zeros((2, H, W)), {"patchcore": (0.0, 1.0)})
-    assert len(fig.axes) == 6
-    assert fig.axes[2].get_title() == "patchcore"
+    fig = viz.method_gallery(torch.rand(2, 3, H, W), maps, np.zeros((2, H, W)), {"patchcore": (0.0, 1.0)},
+                             scores_by_method={"autoencoder": [0.1, 0.9], "patchcore": [0.2, 0.3]},
+                             thresholds={"autoencoder": 0.5, "patchcore": 0.5})
+    assert len(fig.axes) == 6 + 2  # 2 rows x (image + 2 methods) + one colour bar per method
+    titles = [ax.get_title() for ax in fig.axes[:6]]
+    assert "patchcore 0.2" in titles and "autoencoder 0.9 flagged" in titles
+    assert "threshold 0.5" in fig.axes[-1].get_xlabel()
+
+
+def test_coreset_figure_and_threshold_explorer():
+    from anomaly import explorer
+
+    fig = viz.coreset_figure(np.random.rand(50, 2), [0, 3, 7], radius=0.3)
+    assert "within 0.300" in fig.axes[0].get_title()
+    labels = np.r_[np.zeros(10), np.ones(10)]
+    scores = np.r_[np.linspace(0, 1, 10), np.linspace(0.5, 1.5, 10)]
+    state = explorer.threshold_state(np.linspace(0, 1, 20), labels, scores, 0.75, 0.01)
+    assert (state["tn"], state["fp"], state["fn"], state["tp"]) == (7, 3, 3, 7)
+    assert state["frr"] == 0.3 and state["frr_ci"][0] < 0.3 < state["frr_ci"][1]
+    lo, hi = state["precision_range"]
+    assert 0 < lo < hi < 1
+    fig = explorer.threshold_figure(np.linspace(0, 1, 20), labels, scores, 0.75, 0.01, calibrated=0.9)
+    assert len(fig.axes) == 3 and "recall 0.700" in fig.axes[2].get_title()
+    explorer.threshold_figure(np.linspace(0, 1, 20), labels, scores, 99.0, 0.01)  # 0 of n rejected: no error bar < 0
+    slider = explorer.threshold_slider(np.linspace(0, 1, 20), labels, scores, 0.75, 0.01)
+    bundle = slider._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle and "JupyterLab" in bundle["text/plain"]
 
 
 def test_image_grid_and_mean_std():

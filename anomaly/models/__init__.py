@@ -9,6 +9,9 @@ from anomaly.models.base import Detector, Prediction
 
 METHODS = ("autoencoder", "padim", "patchcore", "intensity")
 BASELINES = ("intensity",)  # methods that learn nothing: the floor every comparison is measured against
+# Methods trained by stochastic gradient descent: their weights move with the training seed and with the machine's
+# floating-point kernels, so a statement about them must hold over several seeds (anomaly.seeds).
+TRAINED = ("autoencoder",)
 
 
 def get_detector_class(method: str) -> type[Detector]:
@@ -37,4 +40,4 @@ def create_detector(method: str, params: dict[str, Any] | None = None, device: s
     return get_detector_class(method)(dict(params or {}), device=device)
 
 
-__all__ = ["BASELINES", "METHODS", "Detector", "Prediction", "create_detector", "get_detector_class"]
+__all__ = ["BASELINES", "METHODS", "TRAINED", "Detector", "Prediction", "create_detector", "get_detector_class"]

@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from anomaly.models.base import Detector, model_buffer
+from anomaly.models.base import Detector, check_image_size, model_buffer
 from anomaly.models.postprocess import gaussian_blur, resize_images, ssim_map, to_grayscale, topk_mean
 
 logger = logging.getLogger(__name__)
@@ -57,8 +57,7 @@ class AutoencoderConfig:
     normalise: bool = True  # per-channel mean/std from the training images
 
     def __post_init__(self) -> None:
-        if self.image_size < 32 or self.image_size % 16:
-            raise ValueError(f"image_size must be a multiple of 16 and >= 32, got {self.image_size}")
+        check_image_size(self.image_size, 32, multiple=16)
         for field, value, choices in (
             ("loss", self.loss, ("mse", "ssim")),
             ("map", self.map, ("l1", "ssim")),

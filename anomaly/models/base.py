@@ -32,6 +32,17 @@ from anomaly.utils import make_config, resolve_device
 
 MODEL_JSON = "model.json"
 MODEL_STATE = "model.pt"
+MAX_IMAGE_SIZE = 2048  # px; twice MVTec AD's largest images. PatchCore at 2048 px holds 65,536 patches an image
+
+
+def check_image_size(value: int, minimum: int, multiple: int = 1) -> None:
+    """ValueError unless ``minimum <= value <= MAX_IMAGE_SIZE`` and a multiple of ``multiple``: every
+    config's ``image_size`` check, so a typo (100000) is a message before any memory is asked for."""
+    if not minimum <= value <= MAX_IMAGE_SIZE or value % multiple:
+        also = f"a multiple of {multiple} " if multiple > 1 else ""
+        raise ValueError(f"image_size must be {also}from {minimum} to {MAX_IMAGE_SIZE} px, got {value}"
+                         + (" (the model's input side, not the images' size: they are resized to it)"
+                            if value > MAX_IMAGE_SIZE else ""))
 
 
 @dataclass

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from torch import nn
 
-from anomaly.models.base import Detector
+from anomaly.models.base import Detector, check_image_size
 from anomaly.models.postprocess import gaussian_blur
 
 logger = logging.getLogger(__name__)
@@ -38,8 +38,7 @@ class IntensityConfig:
     smooth_sigma: float = 4.0  # Gaussian sigma in px at image_size; 0 disables
 
     def __post_init__(self) -> None:
-        if self.image_size < 8:
-            raise ValueError(f"image_size must be >= 8, got {self.image_size}")
+        check_image_size(self.image_size, 8)
         if self.smooth_sigma < 0:
             raise ValueError(f"smooth_sigma must be >= 0 (0 disables), got {self.smooth_sigma}")
 

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from anomaly.features import DEFAULT_BACKBONE, FeatureExtractor
-from anomaly.models.base import Detector, Prediction, fold_ids, model_buffer, score_by_fold
+from anomaly.models.base import Detector, Prediction, check_image_size, fold_ids, model_buffer, score_by_fold
 from anomaly.models.coreset import torch_threads
 from anomaly.models.postprocess import gaussian_blur, resize_images, upsample_maps
 
@@ -61,8 +61,7 @@ class PaDiMConfig:
 
     def __post_init__(self) -> None:
         self.strides = tuple(int(s) for s in self.strides)
-        if self.image_size < 32:
-            raise ValueError(f"image_size must be >= 32, got {self.image_size}")
+        check_image_size(self.image_size, 32)
         if self.n_features < 1:
             raise ValueError(f"n_features must be >= 1, got {self.n_features}")
         if self.eps <= 0:
@@ -243,6 +242,16 @@ def gaussian_parameters(shift: torch.Tensor, total: torch.Tensor, outer: torch.T
     with torch_threads(1):  # P small factorisations: threads only add overhead
         inv = torch.cholesky_inverse(torch.linalg.cholesky(cov))  # (P, d, d); SPD, faster than linalg.inv
     return (shift.double() + mean_shifted).float(), inv.float()
+
+
+def gaussians_from_features(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and inverse regularised covariance of features ``x`` (P, N, d), one Gaussian per position (P, d), (P, d, d).
+
+    The same sums :meth:`PaDiM._fit` streams over batches, here over one tensor (notebook 02 checks it by hand).
+    """
+    shift = x.mean(1)  # (P, d)
+    delta = x - shift[:, None]  # (P, N, d)
+    return gaussian_parameters(shift, delta.sum(1), delta.transpose(1, 2) @ delta, x.shape[1], eps)
 
 
 def mahalanobis(x: torch.Tensor, mean: torch.Tensor, inv_covariance: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from anomaly.features import DEFAULT_BACKBONE, FeatureExtractor
 from anomaly.geometry import letterbox_batch, maps_to_input
-from anomaly.models.base import Detector, Prediction, fold_ids, model_buffer
+from anomaly.models.base import Detector, Prediction, check_image_size, fold_ids, model_buffer
 from anomaly.models.coreset import GreedyCoresetSampler, RandomSampler, torch_threads
 from anomaly.models.postprocess import gaussian_blur, upsample_maps
 
@@ -87,8 +87,7 @@ class PatchCoreConfig:
 
     def __post_init__(self) -> None:
         self.strides = tuple(int(s) for s in self.strides)
-        if self.image_size < 32:
-            raise ValueError(f"image_size must be >= 32, got {self.image_size}")
+        check_image_size(self.image_size, 32)
         if self.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
         if not 0.0 < self.coreset_ratio <= 1.0:
