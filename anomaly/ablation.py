@@ -1,18 +1,20 @@
 """PatchCore ablation: one change at a time from the defaults, scored on the same test images.
 
 ``anomaly ablation --data ROOT --categories screw,bottle --out DIR`` fits every variant of
-:data:`VARIANTS` on all of ``train/good`` (a plain fit: ranking metrics need no threshold, so no
-calibration), scores the test split and reports image AUROC, pixel AUROC and AUPRO (FPR <= 0.3)
-with 95 % bootstrap intervals, and each variant's paired-bootstrap difference from ``default`` on
-the same images (:func:`anomaly.bootstrap.paired_margins`) -- the evidence a change of default
-needs, regressions included. Maps and masks are compared at one resolution (:data:`EVAL_SIZE`)
-whatever the variant's input size. Fit seconds (plain fit, not the cross-fitted default) and
-PyTorch milliseconds per test image are recorded beside the load average, as costs.
+:data:`VARIANTS` on all of ``train/good`` as an ordinary run (:func:`anomaly.pipeline.fit_and_evaluate`:
+cross-fitted calibration, ``metrics.json``) in ``DIR/<category>/<variant>/`` (an ensemble's members
+in ``member-<k>/`` below it), scores the test split with the loaded runs and reports image AUROC,
+pixel AUROC and AUPRO (FPR <= 0.3) with 95 % bootstrap intervals, and each variant's
+paired-bootstrap difference from ``default`` on the same images
+(:func:`anomaly.bootstrap.paired_margins`) -- the evidence a change of default needs, regressions
+included. Maps and masks are compared at one resolution (:data:`EVAL_SIZE`) whatever the variant's
+input size. Fit seconds (the run's fit, cross-fitting included) and PyTorch milliseconds per test
+image are recorded beside the load average, as costs.
 
 Nothing here is tuned on test labels by a program: the table is for a person to read, over
 several categories, before changing a default in :class:`anomaly.models.patchcore.PatchCoreConfig`.
-Each (category, variant) is kept in ``DIR/<category>/<variant>.npz`` with the full configuration it
-was fitted with (:func:`variant_config`), so an interrupted run resumes and a redefined variant, a
+Each (category, variant)'s scores and maps at :data:`EVAL_SIZE` are kept in
+``DIR/<category>/<variant>.npz`` with the full configuration it was fitted with (:func:`variant_config`), so an interrupted run resumes and a redefined variant, a
 changed default or an unreadable file is fitted again.
 """
 
@@ -33,12 +35,14 @@ import torch
 import torch.nn.functional as F
 
 from anomaly import bootstrap as B
-from anomaly import data as D
+from anomaly import dataset as DS
+from anomaly import layout as L
 from anomaly import metrics as M
+from anomaly.config import RunConfig
 from anomaly.evidence import fmt_ci, to_markdown
 from anomaly.models.patchcore import PatchCore, PatchCoreConfig
-from anomaly.pipeline import make_loader
-from anomaly.utils import make_config, resolve_device, write_json
+from anomaly.pipeline import fit_and_evaluate, load_run
+from anomaly.utils import make_config, read_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -80,15 +84,15 @@ def run_ablation(data: str | Path, categories: Sequence[str], out: str | Path, v
     out = Path(out)
     rows = []
     for category in categories:
-        splits = D.load_splits(data, category, val_fraction=0.0)
+        splits = L.load_splits(data, category, val_fraction=0.0)
         masks = _eval_masks(splits.test)
         predictions = {}
         for name in variants:
             path = out / category / f"{name}.npz"
             found = _load(path, masks, len(splits.test), variant_config(name))
             if found is None:
-                _save(path, {**_run_variant(splits, name, resolve_device(device), batch_size),
-                             "config": variant_config(name)})
+                runs = variant_runs(data, category, name, out / category / name, device, batch_size)
+                _save(path, {**_run_variant(splits, name, device, batch_size, runs), "config": variant_config(name)})
                 found = _load(path, masks, len(splits.test), variant_config(name))
             predictions[name] = found
         rows += _rows(category, predictions)
@@ -101,18 +105,30 @@ def run_ablation(data: str | Path, categories: Sequence[str], out: str | Path, v
     return table
 
 
-def _run_variant(splits: D.Splits, name: str, device: torch.device, batch_size: int) -> dict[str, Any]:
-    """Fit the variant on train/good and score the test split; scores, maps at EVAL_SIZE and costs."""
+def variant_runs(data: str | Path, category: str, name: str, run_dir: Path, device: str,
+                 batch_size: int) -> list[tuple[RunConfig, Path]]:
+    """The run configuration and folder of each member of a variant (one, or an ensemble's ``member-<k>``)."""
+    members = VARIANTS[name].get(ENSEMBLE) or [VARIANTS[name]]
+    configs = [RunConfig(str(data), category, "patchcore", {k: v for k, v in m.items() if k != FLIP}, device=device,
+                         val_fraction=0.0, batch_size=batch_size) for m in members]
+    if len(configs) == 1:
+        return [(configs[0], run_dir)]
+    return [(config, run_dir / f"member-{k}") for k, config in enumerate(configs)]
+
+
+def _run_variant(splits: L.Splits, name: str, device: str, batch_size: int,
+                 runs: Sequence[tuple[RunConfig, Path]]) -> dict[str, Any]:
+    """Fit the variant's runs on train/good and score the test split; scores, maps at EVAL_SIZE and costs."""
     members = VARIANTS[name].get(ENSEMBLE) or [VARIANTS[name]]
     load_before = os.getloadavg()[0]
-    start = time.perf_counter()
-    fitted = [_fit_member(splits, member, device, batch_size, normalise=len(members) > 1) for member in members]
-    fit_seconds = time.perf_counter() - start
+    fitted = [_fit_member(splits, member, config, run_dir, batch_size, normalise=len(members) > 1)
+              for member, (config, run_dir) in zip(members, runs)]
+    fit_seconds = sum(float(read_json(run_dir / "fit.json")["fit_seconds"]) for _, run_dir in runs)
     size = max(detector.config.image_size for detector, _, _ in fitted)
     for detector, _, _ in fitted:  # warm-up: the first call pays for thread pools and caches
         detector.predict(torch.rand(1, 3, size, size))
     scores, maps, seconds = [], [], 0.0
-    for batch in make_loader(splits.test, size, batch_size):
+    for batch in DS.make_loader(splits.test, size, batch_size):
         start = time.perf_counter()
         parts = [_predict(detector, batch["image"], flip) for detector, flip, _ in fitted]
         seconds += time.perf_counter() - start
@@ -126,22 +142,26 @@ def _run_variant(splits: D.Splits, name: str, device: torch.device, batch_size: 
             "ms_per_image": 1000 * seconds / len(splits.test), "load": [load_before, os.getloadavg()[0]]}
 
 
-def _fit_member(splits: D.Splits, member: dict[str, Any], device: torch.device, batch_size: int,
+def _fit_member(splits: L.Splits, member: dict[str, Any], config: RunConfig, run_dir: Path, batch_size: int,
                 normalise: bool) -> tuple[PatchCore, bool, tuple[float, float]]:
-    """A fitted PatchCore, its flip flag and the (score, map) scales that put ensemble members on one footing.
+    """A fitted PatchCore (an ordinary run in ``run_dir``), its flip flag and the (score, map) scales that put
+    ensemble members on one footing.
 
-    Without ``normalise`` the scales are 1. With it, the member is cross-fitted (as ``anomaly fit``
-    does) and its scales are the median of its good calibration scores and the 99th percentile of
-    its good calibration map values -- good training images only, never the test split.
+    Without ``normalise`` the scales are 1. With it, the scales are the median of the member's good
+    cross-fitted calibration scores and the 99th percentile of its good calibration map values --
+    good training images only, never the test split. ``calibration.json`` keeps the scores but only
+    tail quantiles of the maps, so the (deterministic) cross-fit is run again here for the maps.
     """
-    detector = PatchCore({k: v for k, v in member.items() if k != FLIP}, device=device)
-    loader = make_loader(splits.train, detector.config.image_size, batch_size)
+    fit_and_evaluate(config, run_dir)
+    detector = load_run(run_dir, device=config.device).detector
+    flip = bool(member.get(FLIP, False))
     if not normalise:
-        detector.fit(loader)
-        return detector, bool(member.get(FLIP, False)), (1.0, 1.0)
-    calibration = detector.fit_crossfit(loader)
+        return detector, flip, (1.0, 1.0)
+    loader = DS.make_loader(splits.train, detector.config.image_size, batch_size)
+    calibration = detector.fit_crossfit(loader, folds=read_json(run_dir / "calibration.json")["folds"],
+                                        seed=config.seed)
     scales = float(np.median(calibration.image_scores)), float(np.quantile(calibration.anomaly_maps, 0.99))
-    return detector, bool(member.get(FLIP, False)), scales
+    return detector, flip, scales
 
 
 def _predict(detector: PatchCore, images: torch.Tensor, flip: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -153,9 +173,9 @@ def _predict(detector: PatchCore, images: torch.Tensor, flip: bool) -> tuple[np.
     return (out.image_scores + mirrored.image_scores) / 2, (out.anomaly_maps + mirrored.anomaly_maps[..., ::-1]) / 2
 
 
-def _eval_masks(samples: Sequence[D.Sample]) -> np.ndarray:
+def _eval_masks(samples: Sequence[L.Sample]) -> np.ndarray:
     """(N, EVAL_SIZE, EVAL_SIZE) uint8 ground-truth masks, letterboxed like the images."""
-    dataset = D.AnomalyDataset(list(samples), EVAL_SIZE)
+    dataset = DS.AnomalyDataset(list(samples), EVAL_SIZE)
     return np.stack([dataset[i]["mask"].numpy() for i in range(len(dataset))]).astype(np.uint8)
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DataLoader
 
-from anomaly.data import image_hw
+from anomaly.decoding import image_hw
 from anomaly.geometry import Letterbox
 from anomaly.models import Detector
 from anomaly.rates import operating_point_metrics

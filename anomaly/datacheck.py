@@ -4,7 +4,7 @@
 the run folder as ``datacheck.json``). It reads every image once, in a thread pool:
 
 - counts per split and defect type, image sizes, aspect ratios, orientations, modes, EXIF rotations;
-- unreadable files (the project's one decoder, :func:`anomaly.data.decode_image`, decides), files
+- unreadable files (the project's one decoder, :func:`anomaly.decoding.decode_image`, decides), files
   skipped for their extension, blank images;
 - **exact duplicates** (same bytes: SHA-256) and **near-duplicates** (the same picture re-encoded,
   resized or re-exposed) within the good images and **across training and test** -- a test image that
@@ -37,7 +37,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from anomaly import data as D
+from anomaly import decoding
 from anomaly import folders as F
 from anomaly import thresholds as T
 from anomaly.datacheck_record import (CalibrationCheck, DataCheck, DuplicateGroup, ImageRecord, Problem,
@@ -103,13 +103,13 @@ def _scan_one(path: Path) -> tuple[dict[str, Any], np.ndarray]:
         return {"error": f"cannot read: {err.strerror or err}"}, blank
     info: dict[str, Any] = {"sha256": hashlib.sha256(payload).hexdigest()}
     try:
-        thumb = D.decode_image(payload, THUMB).mean(0).numpy()  # (32, 32) grey in [0, 1]: the fit's own decoder
+        thumb = decoding.decode_image(payload, THUMB).mean(0).numpy()  # (32, 32) grey in [0, 1]: the fit's own decoder
         with Image.open(io.BytesIO(payload)) as img:
             # PNG keeps EXIF after the pixels: getexif() would decode the image again, unless it came first
             exif = img.getexif() if img.format != "PNG" or "exif" in img.info else {}
             orientation = exif.get(0x0112, 1)
             info.update(width=img.width, height=img.height, mode=img.mode, exif_rotated=orientation in (5, 6, 7, 8))
-    except D.DataError as err:
+    except decoding.DataError as err:
         return {**info, "error": str(err)}, blank
     except Exception as err:  # anything PIL raises on a crafted header
         return {**info, "error": f"cannot read image: {err!r}"}, blank

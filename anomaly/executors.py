@@ -1,7 +1,7 @@
 """Where the benchmark's fit + evaluate jobs run: here, one after another, or as Ray tasks.
 
 A job is one (category, method, seed) setting -- a :class:`~anomaly.config.RunConfig` -- and the
-run folder it writes (:func:`fit_and_evaluate`). An executor runs a list of jobs and yields, in
+run folder it writes (:func:`anomaly.pipeline.fit_and_evaluate`). An executor runs a list of jobs and yields, in
 the order given, each job with the 1-minute load average before and after it; the benchmark
 reads the metrics from the run folders it names, so the table does not depend on the executor.
 
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from anomaly.config import RunConfig
+from anomaly.pipeline import fit_and_evaluate
 
 logger = logging.getLogger(__name__)
 
@@ -45,16 +46,15 @@ class JobResult:
     load_after: float
 
 
-def fit_and_evaluate(config: RunConfig, run_dir: str, threads: int | None = None) -> None:
-    """Fit ``config`` into ``run_dir`` and evaluate it (``metrics.json``); ``threads``: torch's intra-op threads."""
+def run_job(config: RunConfig, run_dir: str, threads: int | None = None) -> None:
+    """A job in a process of its own (spawned, or a Ray worker): logging on, torch's intra-op ``threads``, then
+    :func:`~anomaly.pipeline.fit_and_evaluate`."""
     from anomaly.export import set_torch_threads
-    from anomaly.pipeline import evaluate_run, fit_run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if threads is not None:
         set_torch_threads(threads)
-    fit_run(config, run_dir)
-    evaluate_run(run_dir, device=config.device)
+    fit_and_evaluate(config, run_dir)
 
 
 class LocalExecutor:
@@ -69,7 +69,7 @@ class LocalExecutor:
             logger.info("benchmark: %s / %s -> %s (load %.1f)", job.config.category, job.config.method, job.run_dir,
                         before)
             if self.isolate:
-                process = multiprocessing.get_context("spawn").Process(target=fit_and_evaluate,
+                process = multiprocessing.get_context("spawn").Process(target=run_job,
                                                                        args=(job.config, str(job.run_dir)))
                 process.start()
                 process.join()
@@ -103,7 +103,7 @@ class RayExecutor:
             if cpus < self.cpus_per_job:
                 raise RayUnavailableError(f"no node of the Ray cluster ({cpus:g} CPUs) can run a job of "
                                           f"{self.cpus_per_job} CPUs")
-            task = ray.remote(max_calls=1, max_retries=0)(fit_and_evaluate)
+            task = ray.remote(max_calls=1, max_retries=0)(run_job)
             before = os.getloadavg()[0]
             refs = []
             for job in jobs:

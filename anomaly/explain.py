@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from anomaly import data as D
+from anomaly import dataset as DS
 from anomaly.folders import run_data
 from anomaly.utils import read_json
 
@@ -97,7 +97,7 @@ def nearest_patch_pair(run_dir: str | Path, n_search: int = 30, device: str = "c
     det, cfg = run.detector, run.config
     splits = run_data(cfg, cfg["val_fraction"]).splits
     defective = [s for s in splits.test if s.label == 1][:8]
-    images = torch.stack([D.read_image(s.image_path, det.config.image_size) for s in defective])
+    images = torch.stack([DS.read_image(s.image_path, det.config.image_size) for s in defective])
     with torch.inference_mode():
         feats, (h, w) = det._patch_features(images.to(det.device))  # (B, P, C)
         out = det.predict(images)
@@ -107,12 +107,12 @@ def nearest_patch_pair(run_dir: str | Path, n_search: int = 30, device: str = "c
         query = feats[b, p]
         best = (np.inf, 0, 0)
         for i, sample in enumerate(splits.train[:n_search]):
-            good = D.read_image(sample.image_path, det.config.image_size)[None]
+            good = DS.read_image(sample.image_path, det.config.image_size)[None]
             d = torch.linalg.vector_norm(det._patch_features(good.to(det.device))[0][0] - query, dim=1)  # (P,)
             if float(d.min()) < best[0]:
                 best = (float(d.min()), i, int(d.argmin()))
     stride = det.config.image_size // h
-    good_image = D.read_image(splits.train[best[1]].image_path, det.config.image_size)
+    good_image = DS.read_image(splits.train[best[1]].image_path, det.config.image_size)
     figure = {"test_image": images[b], "test_cell": divmod(p, w), "good_image": good_image,
               "good_cell": divmod(best[2], w), "cell_px": stride * det.config.patch_size, "stride": stride,
               "title_test": f"{defective[b].defect_type}: distance to the bank {float(bank_d[p]):.3g}",

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from anomaly.models import Detector, Prediction
 from anomaly.geometry import letterbox_batch, maps_to_input
+from anomaly.models import Detector, Prediction
 from anomaly.runs import file_sha256, is_current, read_dict
 
 logger = logging.getLogger(__name__)
@@ -140,19 +140,20 @@ def check_parity(detector: Detector, scorer: OnnxScorer, images: torch.Tensor) -
 
 def parity_images(run: Any, n: int = 4, seed: int = 0) -> torch.Tensor:
     """(n, 3, S, S): test images of the run's data when it is on disk, else seeded random images."""
-    from anomaly import data as D
+    from anomaly import dataset as DS
+    from anomaly import decoding
     from anomaly.folders import run_data
 
     size = run.image_size
     try:
         samples = run_data(run.config, 0.0).splits.test
-    except (KeyError, TypeError, D.DataError) as err:
+    except (KeyError, TypeError, decoding.DataError) as err:
         logger.info("parity check on random images (%s)", err)
         samples = []
     if not samples:
         return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
     picks = np.linspace(0, len(samples) - 1, num=min(n, len(samples))).round().astype(int)
-    return torch.stack([D.read_image(samples[i].image_path, size) for i in picks])
+    return torch.stack([DS.read_image(samples[i].image_path, size) for i in picks])
 
 
 def export_run(run_dir: Any, out: str | Path | None = None, opset: int = OPSET, n_parity: int = 4) -> dict[str, Any]:

@@ -32,7 +32,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from anomaly import data as D
+from anomaly import decoding
+from anomaly import layout as L
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class LayoutIndex:
 class RunData:
     """The splits of a run and how they were made (``record`` goes into ``config.json``)."""
 
-    splits: D.Splits
+    splits: L.Splits
     has_masks: bool
     record: dict[str, Any]
 
@@ -86,7 +87,7 @@ def index_layout(cfg: Mapping[str, Any]) -> LayoutIndex:
                              category=cfg.get("category"))
     cat_dir = Path(cfg["data"]) / cfg["category"]
     if not cat_dir.is_dir():
-        D.index_category(cfg["data"], cfg["category"])  # raises, listing the categories there are
+        L.index_category(cfg["data"], cfg["category"])  # raises, listing the categories there are
     good, skipped = list_image_files(cat_dir / "train" / "good", required=True)
     extra, skipped_extra = list_image_files(cat_dir / "validation" / "good")
     test_dir = cat_dir / "test"
@@ -121,11 +122,11 @@ def index_folders(good: str | Path, defective: str | Path | None = None, masks: 
         index.defective = [(p, _defect_type(p, Path(defective))) for p in images]
         index.skipped += skipped
         if any(t == "good" for _, t in index.defective):
-            raise D.DataError(f"{Path(defective) / 'good'}: a defect type cannot be called 'good' (good test photos "
+            raise decoding.DataError(f"{Path(defective) / 'good'}: a defect type cannot be called 'good' (good test photos "
                               f"go in --test-good DIR)")
     if masks is not None:
         if defective is None:
-            raise D.DataError("--masks needs --defective: masks belong to defective images")
+            raise decoding.DataError("--masks needs --defective: masks belong to defective images")
         _match_masks(index, Path(defective), Path(masks), required=True)
     return _require_good(index)
 
@@ -136,7 +137,7 @@ def list_image_files(folder: str | Path, required: bool = False) -> tuple[list[P
     root = Path(folder)
     if not root.is_dir():
         if required:
-            raise D.DataError(f"folder {root} does not exist or is not a folder")
+            raise decoding.DataError(f"folder {root} does not exist or is not a folder")
         return [], []
     images, skipped, seen = [], [], set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
@@ -150,7 +151,7 @@ def list_image_files(folder: str | Path, required: bool = False) -> tuple[list[P
             path = Path(dirpath) / name
             if name.startswith(".") or not path.is_file():
                 continue  # .DS_Store, editor files; FIFOs, sockets, broken links
-            (images if path.suffix.lower() in D.IMAGE_EXTENSIONS else skipped).append(path)
+            (images if path.suffix.lower() in L.IMAGE_EXTENSIONS else skipped).append(path)
     below = {p: p.relative_to(root).as_posix() for p in images + skipped}
     return sorted(images, key=below.__getitem__), sorted(skipped, key=below.__getitem__)
 
@@ -174,9 +175,9 @@ def run_data(cfg: Mapping[str, Any], val_fraction: float, held_out: Sequence[str
     seed = int(cfg.get("seed") or 0)
     if not is_folder_config(cfg):
         if data is None and cfg.get("data") is None:
-            raise D.DataError("the run configuration names no data (neither data + category nor good)")
+            raise decoding.DataError("the run configuration names no data (neither data + category nor good)")
         root = data or cfg["data"]
-        splits = D.load_splits(root, cfg["category"], val_fraction=val_fraction, seed=seed)
+        splits = L.load_splits(root, cfg["category"], val_fraction=val_fraction, seed=seed)
         return RunData(splits, True, {"data": str(Path(root).resolve()), "layout": "mvtec"})
     if data is not None:
         raise ValueError("this run was fitted on plain folders (--good ...): --data applies to MVTec AD runs only")
@@ -192,8 +193,8 @@ def run_data(cfg: Mapping[str, Any], val_fraction: float, held_out: Sequence[str
         held_out = [index.good[i].relative_to(good_root).as_posix() for i in drawn]
     samples = _samples(index, good_root, list(held_out))
     for s in samples:
-        D.image_hw(s.image_path)  # every header is readable (cheap): a bad file is named before any fit
-    splits = D.carve_validation(samples, val_fraction, seed)
+        decoding.image_hw(s.image_path)  # every header is readable (cheap): a bad file is named before any fit
+    splits = L.carve_validation(samples, val_fraction, seed)
     n_test_good = sum(1 for s in splits.test if s.label == 0)
     record = {"layout": "folders", "good": str(good_root.resolve()), "held_out_good": list(held_out),
               **{k: str(Path(cfg[k]).resolve()) for k in ("defective", "masks", "test_good") if cfg.get(k)},
@@ -219,7 +220,7 @@ def draw_held_out(n: int, groups: Sequence[Sequence[int]], fraction: float, seed
     """Indices of the good images held out for the test: ``round(fraction * n)`` (at least 1, at most n - 1),
     drawn in a seeded order of units, a unit being one image or one group of duplicates (kept together)."""
     if n < 2:
-        raise D.DataError(f"{n} good image(s): at least 2 are needed to hold good images out for the test "
+        raise decoding.DataError(f"{n} good image(s): at least 2 are needed to hold good images out for the test "
                           f"(or give --test-good DIR)")
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {fraction}")
@@ -235,18 +236,18 @@ def draw_held_out(n: int, groups: Sequence[Sequence[int]], fraction: float, seed
     return sorted(chosen)
 
 
-def _samples(index: LayoutIndex, good_root: Path, held_out: list[str]) -> list[D.Sample]:
+def _samples(index: LayoutIndex, good_root: Path, held_out: list[str]) -> list[L.Sample]:
     by_name = {p.relative_to(good_root).as_posix(): p for p in index.good}
     gone = [name for name in held_out if name not in by_name]
     if gone:
-        raise D.DataError(f"{len(gone)} good image(s) this run held out for its test are no longer in {good_root}: "
+        raise decoding.DataError(f"{len(gone)} good image(s) this run held out for its test are no longer in {good_root}: "
                           f"{', '.join(gone[:SHOWN])}; fit again to draw a new split")
     test_names = set(held_out)
     cat = index.category
-    samples = [D.Sample(cat, "train", "good", p, None, 0) for name, p in by_name.items() if name not in test_names]
-    samples += [D.Sample(cat, "test", "good", by_name[name], None, 0) for name in held_out]
-    samples += [D.Sample(cat, "test", "good", p, None, 0) for p in index.test_good]
-    samples += [D.Sample(cat, "test", t, p, index.masks.get(p), 1) for p, t in index.defective]
+    samples = [L.Sample(cat, "train", "good", p, None, 0) for name, p in by_name.items() if name not in test_names]
+    samples += [L.Sample(cat, "test", "good", by_name[name], None, 0) for name in held_out]
+    samples += [L.Sample(cat, "test", "good", p, None, 0) for p in index.test_good]
+    samples += [L.Sample(cat, "test", t, p, index.masks.get(p), 1) for p, t in index.defective]
     return samples
 
 
@@ -288,14 +289,14 @@ def _refuse_mask_mismatch(index: LayoutIndex) -> None:
     if index.masks_without_image:
         problems.append(f"{len(index.masks_without_image)} mask(s) without an image: {_names(index.masks_without_image)}")
     if problems:
-        raise D.DataError("; ".join(problems) + ". A mask is matched by its path below the mask folder and its "
+        raise decoding.DataError("; ".join(problems) + ". A mask is matched by its path below the mask folder and its "
                           "stem (017.png or 017_mask.png for 017.jpg); add the missing files, or leave --masks out "
                           "for image-level metrics only")
 
 
 def _require_good(index: LayoutIndex) -> LayoutIndex:
     if not index.good:
-        raise D.DataError(f"no good images in {index.roots.get('good')} ({', '.join(D.IMAGE_EXTENSIONS)})")
+        raise decoding.DataError(f"no good images in {index.roots.get('good')} ({', '.join(L.IMAGE_EXTENSIONS)})")
     return index
 
 

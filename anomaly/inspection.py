@@ -26,9 +26,9 @@ from typing import Any, Iterable, Iterator, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from anomaly.data import IMAGE_EXTENSIONS
 from anomaly.decoding import DataError, decode_with_hw, require_regular_file
 from anomaly.geometry import Letterbox
+from anomaly.layout import IMAGE_EXTENSIONS
 from anomaly.results_csv import COLUMNS, ResultsCsv, pending, read_done, run_fingerprint  # noqa: F401
 from anomaly.utils import printable
 

@@ -1,5 +1,6 @@
 """The one place that orchestrates a run: fit -> threshold -> save -> evaluate -> predict.
 
+:func:`fit_and_evaluate` is both in turn: the one way the benchmark, sweeps and ablation make a run.
 A run folder holds everything a run produced::
 
     config.json      what was asked for (data or folders, category, method, params, seed, ...) and the split
@@ -10,8 +11,8 @@ A run folder holds everything a run produced::
     calibration.json out-of-sample scores of good training images + map quantiles  (anomaly.calibration)
     threshold.json   image threshold at a target false-reject rate, pixel threshold  (re-derivable)
     complete.json    completeness marker: the files + SHA-256 of model.pt (written last)
-    metrics.json     test metrics, realised rates + model_sha256  (evaluate_run, rethreshold_run)
-    predictions.npz  test scores, labels, maps (float16), masks   (evaluate_run)
+    metrics.json     test metrics, realised rates + model_sha256  (anomaly.evaluation, via evaluate_run)
+    predictions.npz  test scores, labels, maps (float16), masks   (anomaly.evaluation, via evaluate_run)
 
 A fit writes a hidden sibling folder and swaps it into place when complete (:mod:`anomaly.runs`),
 so an interrupted re-fit leaves the previous run as it was, and a re-fit never keeps the previous
@@ -38,17 +39,17 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from anomaly import calibration as C
-from anomaly import data as D
+from anomaly import evaluation as E
 from anomaly import folders as F
-from anomaly import metrics as M
+from anomaly import layout as L
 from anomaly.config import RunConfig
+from anomaly.dataset import make_loader, read_image
 from anomaly.geometry import Letterbox
 from anomaly.models import Detector, create_detector
 from anomaly.regions import find_regions
 from anomaly.runs import (atomic_run_dir, check_run_dir, read_config, read_dict, read_metrics, read_predictions,
                           read_threshold)
-from anomaly.thresholds import DEFAULT_ESTIMATOR, DEFAULT_PIXEL_FPR, scores_at_threshold
-from anomaly.uncertainty import uncertainty_metrics
+from anomaly.thresholds import DEFAULT_ESTIMATOR, DEFAULT_PIXEL_FPR
 from anomaly.utils import resolve_device, seed_everything, write_json
 
 logger = logging.getLogger(__name__)
@@ -71,14 +72,6 @@ class Run:
         return int(self.detector.config.image_size)
 
 
-def make_loader(samples: Sequence[D.Sample], image_size: int, batch_size: int, shuffle: bool = False,
-                seed: int = 0, num_workers: int = 0) -> DataLoader:
-    """A DataLoader of dict batches (image, mask, label, index) over ``samples``."""
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(D.AnomalyDataset(list(samples), image_size), batch_size=batch_size, shuffle=shuffle,
-                      generator=generator, num_workers=num_workers)
-
-
 def predict_loader(detector: Detector, loader: DataLoader, desc: str = "predict") -> dict[str, np.ndarray]:
     """Score every batch of ``loader``; returns scores (N,), maps (N,H,W), masks (N,H,W), labels (N,), ms/img."""
     scores, maps, masks, labels, hws, seconds = [], [], [], [], [], 0.0
@@ -95,25 +88,6 @@ def predict_loader(detector: Detector, loader: DataLoader, desc: str = "predict"
     return {"image_scores": np.concatenate(scores).astype(np.float64), "anomaly_maps": np.concatenate(maps),
             "gt_masks": np.concatenate(masks), "labels": np.concatenate(labels).astype(np.int64),
             "hw": np.concatenate(hws), "ms_per_image": 1000.0 * seconds / max(n, 1)}
-
-
-def image_area_only(out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """``out`` with maps and masks cropped to the image's area of the canvas, for pixel metrics.
-
-    The letterbox pad of non-square images is not part of the part: counted, its zeroed pixels would
-    be easy true negatives that inflate pixel AUROC and AUPRO. When every image has the same
-    non-square (H, W) -- one camera, as in MVTec AD -- the pad is cropped away; with mixed sizes the
-    canvas is kept (pad zeroed) and a warning says the pixel metrics count the pad as background.
-    """
-    sizes = {tuple(hw) for hw in np.asarray(out.get("hw", np.zeros((0, 2)))).tolist()}
-    if len(sizes) != 1 or next(iter(sizes))[0] == next(iter(sizes))[1]:
-        if any(h != w for h, w in sizes):
-            logger.warning("test images of %d different sizes: pixel metrics count the letterbox pad as "
-                           "background", len(sizes))
-        return out
-    (h, w), size = sizes.pop(), out["anomaly_maps"].shape[-1]
-    box = Letterbox(int(h), int(w), int(size))
-    return {**out, "anomaly_maps": box.crop(out["anomaly_maps"]), "gt_masks": box.crop(out["gt_masks"])}
 
 
 def zero_pad(maps: np.ndarray, hws: torch.Tensor | None) -> np.ndarray:
@@ -182,6 +156,14 @@ def fit_run(config: RunConfig, run_dir: str | Path, data_check: Any = None) -> P
     return run_dir
 
 
+def fit_and_evaluate(config: RunConfig, run_dir: str | Path) -> Path:
+    """Fit ``config`` into ``run_dir`` (:func:`fit_run`) and score its test split (:func:`evaluate_run`):
+    the one fit + evaluate that the benchmark, the sweeps and the ablation run. Returns the run folder."""
+    run_dir = fit_run(config, run_dir)
+    evaluate_run(run_dir, device=config.device)
+    return run_dir
+
+
 def evaluate_run(run_dir: str | Path, device: str = "auto", data: str | Path | None = None,
                  runtime: str = "auto", threads: int | None = None) -> dict[str, Any]:
     """Score the test split of a fitted run; write ``predictions.npz`` and ``metrics.json``.
@@ -204,17 +186,14 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", data: str | Path | N
     scorer, used = select_scorer(run, runtime, threads=threads)
     out = predict_loader(scorer, make_loader(splits.test, run.image_size, cfg["batch_size"]), desc="test")
     decision = read_dict(Path(run_dir) / "threshold.json", ("threshold",))
-    metrics = evaluation_metrics(image_area_only(out), splits.test, decision, pixel=test_data.has_masks)
+    metrics = E.evaluation_metrics(E.image_area_only(out), splits.test, decision, pixel=test_data.has_masks)
     metrics["has_masks"] = test_data.has_masks
     fit_info = read_dict(Path(run_dir) / "fit.json", ("fit_seconds",))
     metrics.update({"method": cfg["method"], "category": cfg["category"], "fit_seconds": fit_info["fit_seconds"],
                     "predict_ms_per_image": out["ms_per_image"], "predict_runtime": used, "peak_rss_mib": peak_rss_mib(),
                     "model_sha256": run.model_sha256})
-    np.savez_compressed(Path(run_dir) / "predictions.npz", image_scores=out["image_scores"],
-                        labels=out["labels"], anomaly_maps=out["anomaly_maps"].astype(np.float16),
-                        gt_masks=out["gt_masks"], defect_types=np.array([s.defect_type for s in splits.test]),
-                        image_paths=np.array([str(s.image_path) for s in splits.test]))
-    write_json(Path(run_dir) / "metrics.json", metrics)  # last: it marks the run as evaluated
+    E.write_predictions(run_dir, out, splits.test)
+    E.write_metrics(run_dir, metrics)  # last: it marks the run as evaluated
     return metrics
 
 
@@ -241,38 +220,10 @@ def rethreshold_run(run_dir: str | Path, target_frr: float, estimator: str = DEF
     if metrics is None or not (run_dir / "predictions.npz").is_file():
         return {"threshold": decision, "metrics": None}
     out = read_predictions(run_dir)
-    metrics.update(evaluation_metrics(out, list(out["defect_types"]), decision, pixel=metrics.get("has_masks", True)))
-    write_json(run_dir / "metrics.json", metrics)
+    metrics.update(E.evaluation_metrics(out, list(out["defect_types"]), decision,
+                                        pixel=metrics.get("has_masks", True)))
+    E.write_metrics(run_dir, metrics)
     return {"threshold": decision, "metrics": metrics}
-
-
-def evaluation_metrics(out: dict[str, np.ndarray], samples: Sequence[D.Sample | str],
-                       decision: dict[str, Any], pixel: bool = True) -> dict[str, Any]:
-    """:func:`compute_metrics` at the decision's threshold plus the realised rates and region detection
-    (``pixel=False``: a test set without masks, image-level metrics only)."""
-    return {**compute_metrics(out, samples, float(decision["threshold"]), pixel),
-            **C.decision_metrics(out, decision, regions=pixel)}
-
-
-def compute_metrics(out: dict[str, np.ndarray], samples: Sequence[D.Sample | str], threshold: float,
-                    pixel: bool = True) -> dict[str, Any]:
-    """Ranking metrics with bootstrap intervals, the oracle F1-max, and precision/recall/F1 (overall, per defect
-    type and by defect size) at ``threshold``; the pixel metrics are ``None`` when ``pixel`` is False."""
-    result: dict[str, Any] = {}
-    result.update(ranking_metrics(out, pixel))
-    result.update(scores_at_threshold(out["labels"], out["image_scores"], threshold))
-    result.update(uncertainty_metrics(out, samples, threshold, pixel=pixel))  # intervals, per type, by size, flag-all
-    return result
-
-
-def ranking_metrics(out: dict[str, np.ndarray], pixel: bool = True) -> dict[str, Any]:
-    """Threshold-free: image/pixel AUROC, AUPRO, F1-max (an oracle: it looks at the test labels)."""
-    labels, scores = out["labels"], out["image_scores"]
-    maps, masks = out["anomaly_maps"].astype(np.float32), out["gt_masks"]
-    f1 = M.f1_max(labels, scores)
-    return {"image_auroc": M.image_auroc(labels, scores), "pixel_auroc": M.pixel_auroc(masks, maps) if pixel else None,
-            "aupro": M.aupro(masks, maps) if pixel else None, "f1_max_oracle": f1, "f1_max": f1,  # the issue's name
-            "n_test_images": int(len(labels))}
 
 
 def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
@@ -315,7 +266,7 @@ def iter_predictions(run: Run, paths: Sequence[str | Path], heatmap_dir: str | P
 
     scorer = run.detector if scorer is None else scorer
     for path in paths:
-        image = D.read_image(path)[None]  # (1, 3, H, W) at the file's resolution
+        image = read_image(path)[None]  # (1, 3, H, W) at the file's resolution
         out = scorer.predict(image)
         score = float(out.image_scores[0])
         if not np.isfinite(score):
@@ -350,7 +301,7 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def check_split_sizes(train: Sequence[D.Sample], validation: Sequence[D.Sample], val_fraction: float) -> None:
+def check_split_sizes(train: Sequence[L.Sample], validation: Sequence[L.Sample], val_fraction: float) -> None:
     """Refuse, before the fit, splits that leave nothing to fit on or nothing to set the threshold on."""
     if not validation:
         raise ValueError(f"the validation split is empty (--val-fraction {val_fraction} of {len(train)} train/good "
@@ -361,7 +312,7 @@ def check_split_sizes(train: Sequence[D.Sample], validation: Sequence[D.Sample],
                          f"lower --val-fraction or add train/good images")
 
 
-def _subsample(samples: list[D.Sample], n: int | None, seed: int) -> list[D.Sample]:
+def _subsample(samples: list[L.Sample], n: int | None, seed: int) -> list[L.Sample]:
     if n is None or n >= len(samples):
         return samples
     if n < 1:

@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from anomaly import data as D
+from anomaly import dataset as DS
+from anomaly import layout as L
 from anomaly.folders import run_data
 
 logger = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ INT8_FILE = "model.int8-{mode}.onnx"
 class _GoodImages:
     """onnxruntime CalibrationDataReader over (1, 3, S, S) good training images."""
 
-    def __init__(self, samples: list[D.Sample], image_size: int, input_name: str) -> None:
+    def __init__(self, samples: list[L.Sample], image_size: int, input_name: str) -> None:
         self.items = iter(samples)
         self.size, self.name = image_size, input_name
 
@@ -44,7 +45,7 @@ class _GoodImages:
         sample = next(self.items, None)
         if sample is None:
             return None
-        return {self.name: D.read_image(sample.image_path, self.size)[None].numpy()}  # (1, 3, S, S)
+        return {self.name: DS.read_image(sample.image_path, self.size)[None].numpy()}  # (1, 3, S, S)
 
     def rewind(self) -> None:  # pragma: no cover - onnxruntime calls it for some calibrators only
         raise NotImplementedError
@@ -83,7 +84,9 @@ def compare_int8(run_dir: str | Path, mode: str = "dynamic", repeats: int = 20, 
         where each runtime entry holds image/pixel AUROC, AUPRO (with ``*_ci``) and ``ms_p50``.
     """
     from anomaly.export import OnnxScorer, load_onnx_scorer
-    from anomaly.pipeline import load_run, make_loader, predict_loader, ranking_metrics
+    from anomaly.dataset import make_loader
+    from anomaly.evaluation import ranking_metrics
+    from anomaly.pipeline import load_run, predict_loader
     from anomaly.uncertainty import uncertainty_metrics
 
     run = load_run(run_dir)

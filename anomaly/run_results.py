@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from anomaly import data as D
+from anomaly import dataset as DS
 from anomaly import metrics as M
 from anomaly.calibration import read_calibration
 from anomaly.exploration import examples, load_samples
@@ -47,7 +47,7 @@ class RunResults:
     def images(self, indices: Sequence[int]) -> torch.Tensor:
         """Test images ``indices`` at the maps' resolution: (K, 3, S, S)."""
         size = self.predictions["anomaly_maps"].shape[-1]
-        images = [D.read_image(self.predictions["image_paths"][i], size) for i in indices]
+        images = [DS.read_image(self.predictions["image_paths"][i], size) for i in indices]
         return torch.stack(images) if images else torch.empty(0, 3, size, size)
 
     def titles(self, indices: Sequence[int]) -> list[str]:

@@ -1,6 +1,6 @@
 """Detection by defect size, the same images in the same bins for every method, with intervals.
 
-A defect's area is measured ONCE, on its original ground-truth mask (:func:`anomaly.data.mask_areas`),
+A defect's area is measured ONCE, on its original ground-truth mask (:func:`anomaly.dataset.mask_areas`),
 not on the mask resized to each model's input (a 128 px and a 256 px model would otherwise put the same
 image in different bins). Per method and area bin: the number of defective images, recall at the run's
 threshold with its 95 % Wilson interval, and the image AUROC of that bin's images against all good test
@@ -32,12 +32,13 @@ def original_areas(result: Any) -> np.ndarray:
     run_dir = getattr(result, "run_dir", None)
     if run_dir is None or not (Path(run_dir) / "config.json").is_file():
         return np.asarray(p["gt_masks"]).reshape(len(p["labels"]), -1).astype(bool).mean(1)
-    from anomaly import data as D
+    from anomaly import layout as L
+    from anomaly import dataset as DS
     from anomaly.utils import read_json
 
     cfg = read_json(Path(run_dir) / "config.json")
-    test = D.load_splits(cfg["data"], cfg["category"], val_fraction=cfg["val_fraction"], seed=cfg["seed"]).test
-    areas = D.mask_areas([s for s in test if s.label == 1])
+    test = L.load_splits(cfg["data"], cfg["category"], val_fraction=cfg["val_fraction"], seed=cfg["seed"]).test
+    areas = DS.mask_areas([s for s in test if s.label == 1])
     by_path = dict(zip(areas["image_path"], areas["area_fraction"]))
     return np.array([by_path.get(str(path), 0.0) for path in p["image_paths"]], dtype=np.float64)
 

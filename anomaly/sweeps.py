@@ -1,7 +1,6 @@
 """Sweeps over runs: the data-efficiency study (fit + evaluate at several training-set sizes and seeds).
 
-Each point is an ordinary run folder written by :func:`anomaly.pipeline.fit_run` and
-:func:`anomaly.pipeline.evaluate_run`; an evaluated full-training-set run with the same settings is
+Each point is an ordinary run folder written by :func:`anomaly.pipeline.fit_and_evaluate`; an evaluated full-training-set run with the same settings is
 reused instead of refitted.
 """
 
@@ -16,8 +15,9 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from anomaly import data as D
+from anomaly import layout as L
 from anomaly.config import RunConfig
+from anomaly.pipeline import fit_and_evaluate
 from anomaly.runs import is_evaluated
 from anomaly.utils import make_config, read_json
 
@@ -40,19 +40,16 @@ def data_efficiency(base: RunConfig, sizes: Sequence[int], out_dir: str | Path, 
         One row per (seed, size): method, seed, n_train, image_auroc, pixel_auroc, aupro, aupro_fpr05,
         fit_seconds, run_dir.
     """
-    from anomaly.pipeline import evaluate_run, fit_run
-
     rows, method = [], base.method
     for s in range(base.seed, base.seed + max(seeds, 1)):
         full_config = base.replace(seed=s, max_train=None)
-        n_all = len(D.load_splits(base.data, base.category, val_fraction=_pool_fraction(method), seed=s).train)
+        n_all = len(L.load_splits(base.data, base.category, val_fraction=_pool_fraction(method), seed=s).train)
         full = next((Path(r) for r in reuse if _same_run(r, full_config)), None)  # the same fit, already evaluated
         for n in tqdm(sorted({n for n in sizes if 0 < n < n_all} | {n_all}), desc=f"data efficiency, seed {s}"):
             run_dir = full if n == n_all and full is not None else None
             if run_dir is None:
                 config = full_config if n == n_all else base.replace(seed=s, max_train=n)
-                run_dir = fit_run(config, Path(out_dir) / f"{method}_s{s}_n{n:04d}")
-                evaluate_run(run_dir, device=base.device)
+                run_dir = fit_and_evaluate(config, Path(out_dir) / f"{method}_s{s}_n{n:04d}")
             m = read_json(Path(run_dir) / "metrics.json")
             rows.append({"method": method, "seed": s, "n_train": n, "run_dir": str(run_dir), **{
                 k: m.get(k, np.nan) for k in ("image_auroc", "pixel_auroc", "aupro", "aupro_fpr05", "fit_seconds")}})

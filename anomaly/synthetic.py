@@ -61,7 +61,7 @@ def generate_dataset(out: Path, seed: int = 0, categories: Sequence[str] = CATEG
         n_per_defect: images (and masks) per defect type in ``test/<defect_type>``.
 
     Returns:
-        ``out``, the data root to pass to ``anomaly.data.load_splits``.
+        ``out``, the data root to pass to ``anomaly.layout.load_splits``.
     """
     unknown = sorted(set(categories) - set(ALL_CATEGORIES))
     if unknown:

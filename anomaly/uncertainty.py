@@ -1,6 +1,6 @@
 """The uncertainty block of ``metrics.json``: bootstrap intervals, strict AUPRO, the flag-all floor, sizes.
 
-:func:`uncertainty_metrics` is merged into :func:`anomaly.pipeline.compute_metrics` and adds
+:func:`uncertainty_metrics` is merged into :func:`anomaly.evaluation.compute_metrics` and adds
 
 - ``image_auroc_ci``, ``pixel_auroc_ci``, ``aupro_ci``: 95 % stratified-bootstrap intervals
   (1000 resamples over test images, seed 0; see :mod:`anomaly.bootstrap`);

@@ -10,10 +10,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from anomaly import data as D
+from anomaly import dataset as DS
+from anomaly import decoding
+from anomaly import layout as L
+from anomaly.evaluation import image_area_only
 from anomaly.geometry import Letterbox, letterbox_batch, maps_to_input
 from anomaly.models.postprocess import resize_images
-from anomaly.pipeline import image_area_only, load_run, predict_paths, zero_pad
+from anomaly.pipeline import load_run, predict_paths, zero_pad
 from anomaly.regions import find_regions
 
 
@@ -82,7 +85,7 @@ def test_square_images_are_unchanged():
     array = np.random.default_rng(3).random((100, 100, 3)).astype(np.float32)
     old = F.interpolate(torch.from_numpy(array).permute(2, 0, 1)[None], size=(64, 64), mode="bilinear",
                         antialias=True, align_corners=False)[0].clamp(0, 1)
-    torch.testing.assert_close(D.to_image_tensor(array, 64), old, rtol=0, atol=0)
+    torch.testing.assert_close(decoding.to_image_tensor(array, 64), old, rtol=0, atol=0)
 
 
 def test_the_pad_replicates_the_border_and_keeps_the_aspect():
@@ -94,11 +97,11 @@ def test_the_pad_replicates_the_border_and_keeps_the_aspect():
 
 
 def test_dataset_letterboxes_image_and_mask_alike(strips):
-    test = D.load_splits(strips, "strip", val_fraction=0.0).test
+    test = L.load_splits(strips, "strip", val_fraction=0.0).test
     index = [s.defect_type for s in test].index("scratch")
-    item = D.AnomalyDataset(test, 80)[index]
+    item = DS.AnomalyDataset(test, 80)[index]
     assert item["image"].shape == (3, 80, 80) and item["hw"].tolist() == [40, 80]
-    native = D.read_mask(test[index].mask_path, None).numpy()
+    native = DS.read_mask(test[index].mask_path, None).numpy()
     np.testing.assert_array_equal(item["mask"][20:60].numpy(), native)  # (40, 80) mask on its own pixels
     assert item["mask"][:20].sum() == 0 and item["mask"][60:].sum() == 0
     maps = zero_pad(np.ones((1, 80, 80), np.float32), item["hw"][None])
@@ -108,9 +111,9 @@ def test_dataset_letterboxes_image_and_mask_alike(strips):
 def test_predict_maps_a_non_square_file_back_to_its_pixels(patchcore_run, tmp_path):
     run = load_run(patchcore_run)
     path = _write(tmp_path / "wide.png", np.random.default_rng(4).integers(0, 256, (30, 90, 3), dtype=np.uint8))
-    out = run.detector.predict(D.read_image(path)[None])
+    out = run.detector.predict(DS.read_image(path)[None])
     assert out.anomaly_maps.shape == (1, 30, 90)
-    canvas = run.detector.predict(D.read_image(path, run.image_size)[None])  # the decoded, letterboxed path
+    canvas = run.detector.predict(DS.read_image(path, run.image_size)[None])  # the decoded, letterboxed path
     box = Letterbox(30, 90, run.image_size)
     expected = maps_to_input(torch.from_numpy(canvas.anomaly_maps), (30, 90), run.image_size).numpy()
     np.testing.assert_allclose(out.anomaly_maps, expected, rtol=1e-4, atol=1e-4)
@@ -139,7 +142,7 @@ def test_calibration_quantiles_leave_the_pad_out(strips):
     from anomaly.calibration import pad_as_nan
     from anomaly.thresholds import map_tail_quantiles
 
-    train = D.load_splits(strips, "strip", val_fraction=0.0).train  # 40 x 80 images
+    train = L.load_splits(strips, "strip", val_fraction=0.0).train  # 40 x 80 images
     maps = np.zeros((len(train), 64, 64), np.float32)
     maps[:, 16:48] = 1.0  # the image's area on the canvas (32 x 64 at offset 16); the pad scores 0
     out = pad_as_nan(maps, SimpleNamespace(samples=train))

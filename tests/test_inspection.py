@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from anomaly.cli import main
-from anomaly.data import read_image
+from anomaly.dataset import read_image
 from anomaly.inspection import COLUMNS, heatmap_name, inspect_paths, list_images
 from anomaly.pipeline import load_run
 

@@ -26,10 +26,10 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from anomaly import data as D
+from anomaly import decoding
 from anomaly.cli import main
-from anomaly.data import ImageDecodeError, decode_image
 from anomaly.config import RunConfig
+from anomaly.decoding import ImageDecodeError, decode_image
 from anomaly.pipeline import evaluate_run, fit_run, load_run
 from anomaly.runs import MARKER, RunFolderError, check_run_dir, is_evaluated, staged_run_dir
 from anomaly.service import create_app
@@ -108,7 +108,7 @@ def ae_fit(data: Path, run_dir: Path, **params) -> Path:
 _PEAK = """
 import resource, sys
 from pathlib import Path
-from anomaly.data import ImageDecodeError, decode_image
+from anomaly.decoding import ImageDecodeError, decode_image
 decode_image(Path(sys.argv[2]), 64)  # warm-up: imports, torch kernels
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 try:
@@ -143,7 +143,7 @@ def test_pil_reduction_of_large_images_matches_a_direct_resize(kind):
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG" if kind == "JPEG" else "PNG")
     reduced = decode_image(buffer.getvalue(), 64)  # factors (4, 2): reduced in PIL first
-    direct = D.to_image_tensor(D.image_array(Image.open(io.BytesIO(buffer.getvalue()))), 64)
+    direct = decoding.to_image_tensor(decoding.image_array(Image.open(io.BytesIO(buffer.getvalue()))), 64)
     assert reduced.shape == (3, 64, 64)
     assert float((reduced - direct).abs().max()) < 0.01
 

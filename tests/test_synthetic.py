@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 from scipy.ndimage import binary_fill_holes
 
-from anomaly import data as D
+from anomaly import dataset as DS
+from anomaly import layout as L
 from anomaly.synthetic import CATEGORIES, DEFECT_TYPES, generate_dataset, render_sample
 
 SMALL = dict(image_size=32, n_train=2, n_test_good=1, n_per_defect=1)
@@ -97,10 +98,10 @@ def test_images_vary_between_samples(synthetic_root):
 
 def test_loads_through_the_data_module(synthetic_root, tiny):
     for category in CATEGORIES:
-        splits = D.load_splits(synthetic_root, category)
+        splits = L.load_splits(synthetic_root, category)
         assert len(splits.train) + len(splits.validation) == tiny["n_train"]
         assert sum(s.label for s in splits.test) == 5 * tiny["n_per_defect"]
-        dataset = D.AnomalyDataset(splits.test, image_size=32)
+        dataset = DS.AnomalyDataset(splits.test, image_size=32)
         for i, sample in enumerate(splits.test):
             item = dataset[i]
             assert item["image"].shape == (3, 32, 32)
