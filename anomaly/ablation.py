@@ -39,9 +39,10 @@ from anomaly import dataset as DS
 from anomaly import layout as L
 from anomaly import metrics as M
 from anomaly.config import RunConfig
-from anomaly.evidence import fmt_ci, to_markdown
+from anomaly.evidence import fmt_ci
 from anomaly.models.patchcore import PatchCore, PatchCoreConfig
 from anomaly.pipeline import fit_and_evaluate, load_run
+from anomaly.tables import to_markdown
 from anomaly.utils import make_config, read_json, write_json
 
 logger = logging.getLogger(__name__)

@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from anomaly import tables
 from anomaly.config import RunConfig
 from anomaly.evidence import evidence_markdown
 from anomaly.executors import Job, JobResult, LocalExecutor
@@ -107,13 +108,10 @@ def _row(result: JobResult) -> dict[str, Any]:
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     """Rows of :data:`COLUMNS` as a Markdown table (floats to 3 or 1 decimals)."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for row in rows:
-        cells = []
-        for key in COLUMNS:
-            value = row.get(key)
-            if isinstance(value, float):
-                value = f"{value:.3f}" if key in _SCORES else f"{value:.1f}"
-            cells.append("" if value is None else str(value))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    def cell(key: str, value: Any) -> Any:
+        if isinstance(value, float):
+            return f"{value:.3f}" if key in _SCORES else f"{value:.1f}"
+        return value
+
+    return tables.markdown_table(COLUMNS, ([cell(key, row.get(key)) for key in COLUMNS] for row in rows),
+                                 compact=True)

@@ -26,6 +26,7 @@ from PIL import Image
 
 from anomaly import datacheck as DC
 from anomaly.folders import index_layout
+from anomaly.tables import markdown_table
 
 SCALES = (0.25, 0.5, 0.75, 1.0, 1.5)
 QUALITIES = (30, 50, 75, 95)
@@ -89,25 +90,23 @@ def margins_markdown(results: Sequence[dict]) -> str:
     distance to the original, per scale and JPEG quality; then the distinct pairs."""
     lines = [f"Thresholds: 1 - r <= {DC.NEAR_MAX_DISTANCE:g} and phash distance <= {DC.PHASH_MAX_BITS} bits.", ""]
     for r in results:
-        lines += [f"| {r['category']}: copies found (largest 1 - r) | " + " | ".join(f"JPEG q{q}" for q in QUALITIES)
-                  + " |", "| --- |" + " --- |" * len(QUALITIES)]
+        table = []
         for scale in SCALES:
             cells = []
             for q in QUALITIES:
                 rows = [r["copies"][f"x{scale:g} q{q} {m}"] for m in MODES]
                 cells.append(f"{sum(x['found'] for x in rows)}/{sum(x['n'] for x in rows)} "
                              f"({max(x['max_distance'] for x in rows):.1e})")
-            lines.append(f"| x{scale:g} | " + " | ".join(cells) + " |")
-        lines.append("")
-    lines += ["| distinct images | " + " | ".join(r["category"] for r in results) + " |",
-              "| --- |" + " ---: |" * len(results),
-              "| images | " + " | ".join(str(r["n_images"]) for r in results) + " |",
-              "| smallest 1 - r within train/good | " + " | ".join(f"{r['within_train_min']:.1e}" for r in results) + " |",
-              "| pairs within train/good called near-duplicates | "
-              + " | ".join(str(len(r["within_train_flagged"])) for r in results) + " |",
-              "| smallest 1 - r across training and test | " + " | ".join(f"{r['across_min']:.1e}" for r in results) + " |",
-              "| pairs across training and test called near-duplicates | "
-              + " | ".join(str(r["across_flagged"]) for r in results) + " |"]
+            table.append([f"x{scale:g}", *cells])
+        lines += [markdown_table([f"{r['category']}: copies found (largest 1 - r)", *(f"JPEG q{q}" for q in QUALITIES)],
+                                 table), ""]
+    lines.append(markdown_table(["distinct images", *(r["category"] for r in results)], [
+        ["images", *(r["n_images"] for r in results)],
+        ["smallest 1 - r within train/good", *(f"{r['within_train_min']:.1e}" for r in results)],
+        ["pairs within train/good called near-duplicates", *(len(r["within_train_flagged"]) for r in results)],
+        ["smallest 1 - r across training and test", *(f"{r['across_min']:.1e}" for r in results)],
+        ["pairs across training and test called near-duplicates", *(r["across_flagged"] for r in results)]],
+        align="l" + "r" * len(results)))
     return "\n".join(lines) + "\n"
 
 

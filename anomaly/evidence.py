@@ -28,6 +28,7 @@ from anomaly import bootstrap as B
 from anomaly import metrics as M
 from anomaly import pairwise, sizes
 from anomaly.models import BASELINES
+from anomaly.tables import to_markdown
 from anomaly.utils import read_json
 from anomaly.wording import fmt, fmt_ci  # noqa: F401  (fmt_ci: re-exported, the tables' one format)
 
@@ -212,14 +213,3 @@ def evidence_markdown(run_dirs: Sequence[Any]) -> tuple[str, dict[str, Any]]:
                         "Detection by defect size (defect area as % of the image, from the original masks):",
                         to_markdown(size_display), summarise_sizes(size_table_)])
     return text, margins
-
-
-def to_markdown(table: pd.DataFrame) -> str:
-    """A DataFrame (index included, MultiIndex flattened) as a Markdown table, floats to 2-3 decimals."""
-    flat = table.reset_index()
-    names = [" ".join(str(p) for p in c if p != "") if isinstance(c, tuple) else str(c) for c in flat.columns]
-    cell = lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else (
-        f"{v:.3g}" if isinstance(v, float) else str(v))
-    lines = ["| " + " | ".join(names) + " |", "|" + " --- |" * len(names)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in flat.itertuples(index=False)]
-    return "\n".join(lines)

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from anomaly.tables import markdown_table
+
 logger = logging.getLogger(__name__)
 
 MAX_REQUESTS = 10_000
@@ -203,11 +205,12 @@ def latency_markdown(result: dict[str, Any]) -> str:
     """The :func:`measure_latency` result as a markdown table."""
     lines = [f"{result['method']}, {result['image_size']} px input, {result['threads']} threads, "
              f"{result['repeats']} repeats, load average {result['load_average_1min']:.1f} on "
-             f"{result['cpu_count']} cores; per-image latency in ms", "",
-             "| runtime | batch | p50 ms | p95 ms | CPU ms p50 | speed-up p50 |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+             f"{result['cpu_count']} cores; per-image latency in ms", ""]
+    rows = []
     for row in result["results"]:
         speedup = result["speedup_p50"][str(row["batch_size"])] if row["runtime"] == "onnxruntime" else 1.0
-        lines.append(f"| {row['runtime']} | {row['batch_size']} | {row['ms_p50']:.1f} | {row['ms_p95']:.1f} "
-                     f"| {row['cpu_ms_p50']:.1f} | {speedup:.2f}x |")
+        rows.append((row["runtime"], row["batch_size"], f"{row['ms_p50']:.1f}", f"{row['ms_p95']:.1f}",
+                     f"{row['cpu_ms_p50']:.1f}", f"{speedup:.2f}x"))
+    lines.append(markdown_table(("runtime", "batch", "p50 ms", "p95 ms", "CPU ms p50", "speed-up p50"), rows,
+                                align="lrrrrr"))
     return "\n".join(lines)

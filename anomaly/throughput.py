@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from anomaly.results_parquet import read_results
+from anomaly.tables import markdown_table
 
 logger = logging.getLogger(__name__)
 
@@ -139,20 +140,20 @@ def run_all(out: Path, n_images: int = 2000, cluster: bool = True) -> list[dict[
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    head = ("| engine | images | whole command (s) | images/s, whole command | images/s, in the loop / after the "
-            "first rows | start-up (s) | driver peak RSS (MiB) | scorer peak RSS, own pages (MiB) | max score "
-            "diff vs local (rel) | load before / after |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
-    lines = [head]
+    header = ("engine", "images", "whole command (s)", "images/s, whole command",
+              "images/s, in the loop / after the first rows", "start-up (s)", "driver peak RSS (MiB)",
+              "scorer peak RSS, own pages (MiB)", "max score diff vs local (rel)", "load before / after")
+    lines = []
     for r in rows:
         steady = r.get("steady_images_per_s", r["images_per_s"])
         startup = r.get("startup_s", r["wall_s"] - r["seconds"])
         scorer = "" if r.get("actor_peak_private_mib") is None else \
             f"{r['actor_peak_rss_mib']:.0f} ({r['actor_peak_private_mib']:.0f})"
         diff = f"{r['max_rel_score_diff']:.1e}" if "max_rel_score_diff" in r else "-"
-        lines.append(f"| {r['engine']} | {r['written']} | {r['wall_s']:.1f} | {r['written'] / r['wall_s']:.1f} | "
-                     f"{steady:.1f} | {startup:.1f} | {r['peak_rss_mib']:.0f} | {scorer} | {diff} | "
-                     f"{r['load_before']:.1f} / {r['load_after']:.1f} |")
-    return "\n".join(lines)
+        lines.append((r["engine"], r["written"], f"{r['wall_s']:.1f}", f"{r['written'] / r['wall_s']:.1f}",
+                      f"{steady:.1f}", f"{startup:.1f}", f"{r['peak_rss_mib']:.0f}", scorer, diff,
+                      f"{r['load_before']:.1f} / {r['load_after']:.1f}"))
+    return markdown_table(header, lines, align="lrrrrrrrrl", compact=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from anomaly import evidence
+from anomaly.tables import to_markdown
 from anomaly.uncertainty import uncertainty_metrics
 from anomaly import metrics as M
 
@@ -71,7 +72,7 @@ def test_size_table_uses_shared_bins_and_gives_intervals():
 
     shown = sizes.display_table(table)
     assert shown.index[0].endswith("(n=20)") or "(n=" in shown.index[0]
-    assert "| defect area (n) |" in evidence.to_markdown(shown)
+    assert "| defect area (n) |" in to_markdown(shown)
     fig = viz.detection_by_size_figure(table)
     assert len(fig.axes) == 2 and "(n=" in fig.axes[0].get_xticklabels()[0].get_text()
 
