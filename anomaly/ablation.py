@@ -270,8 +270,3 @@ def summary_markdown(frame: pd.DataFrame, metrics: Sequence[str] = ("image_auroc
     table[f"{frame['category'].iloc[0]} fit s / ms per image"] = {
         v: f"{r['fit_seconds']:.1f} / {r['ms_per_image']:.1f}" for v, r in first.iterrows()}
     return to_markdown(pd.DataFrame(table).rename_axis("variant"))
-
-
-def read_ablation(out: str | Path) -> pd.DataFrame:
-    """The rows of ``out/ablation.json`` as a DataFrame."""
-    return pd.DataFrame(json.loads((Path(out) / "ablation.json").read_text())["rows"])

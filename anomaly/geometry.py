@@ -47,10 +47,6 @@ class Letterbox:
         h, w = self.inner
         return (self.size - h) // 2, (self.size - w) // 2
 
-    @property
-    def is_identity(self) -> bool:
-        return self.height == self.width
-
     def image(self, image: torch.Tensor) -> torch.Tensor:
         """(C, H', W') image (any resolution of this aspect) -> (C, S, S): resized, then pad replicated."""
         h, w = self.inner

@@ -1,4 +1,4 @@
-"""Process memory of the service: glibc allocator settings that keep the peak down, and RSS readings.
+"""Process memory of the service: glibc allocator settings that keep the peak down.
 
 Large image decodes free hundreds of MB at a time. glibc's default allocator then (a) raises its
 mmap threshold to the size just freed, so the next large blocks come from the heap and are not given
@@ -15,7 +15,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-from pathlib import Path
 from typing import MutableMapping
 
 logger = logging.getLogger(__name__)
@@ -48,11 +47,3 @@ def limit_allocator(env: MutableMapping[str, str] | None = None) -> bool:
     changed = bool(mallopt(_M_MMAP_THRESHOLD, int(env["MALLOC_MMAP_THRESHOLD_"])))
     changed &= bool(mallopt(_M_ARENA_MAX, int(env["MALLOC_ARENA_MAX"])))
     return changed
-
-
-def rss_mib(pid: int | str = "self", key: str = "VmRSS") -> float:
-    """``VmRSS`` (now) or ``VmHWM`` (peak) of a process from ``/proc``, in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{key}:"):
-            return int(line.split()[1]) / 1024
-    raise ValueError(f"no {key} in /proc/{pid}/status")

@@ -7,6 +7,7 @@ import pytest
 
 from anomaly import ablation as A
 from anomaly.cli import main
+from anomaly.utils import read_json
 
 SMALL = {"default": {"image_size": 64}, "max-score": {"image_size": 64, "num_neighbors": 1},
          "flip-tta": {"image_size": 64, A.FLIP: True},
@@ -21,7 +22,7 @@ def small(monkeypatch):
 
 def test_table_against_defaults_and_resume(small, synthetic_root, tmp_path, monkeypatch):
     table = A.run_ablation(synthetic_root, ["texture"], tmp_path, ["max-score", "flip-tta", "ensemble"], device="cpu")
-    frame = A.read_ablation(tmp_path)
+    frame = pd.DataFrame(read_json(tmp_path / "ablation.json")["rows"])
     assert list(frame["variant"]) == ["default", "max-score", "flip-tta", "ensemble"]  # default added: the reference
     assert pd.isna(frame.loc[0, "image_auroc_delta"])
     for _, row in frame.iloc[1:].iterrows():

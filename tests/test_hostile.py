@@ -30,7 +30,6 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from anomaly.decoding import DECODE_BUDGET, ImageDecodeError, PixelBudget, decode_cost, decode_image, decode_with_hw
-from anomaly.memory import rss_mib
 from anomaly.service import create_app
 
 LOCAL = "http://127.0.0.1"
@@ -93,15 +92,32 @@ def client(patchcore_run) -> TestClient:
         yield test_client
 
 
+_RSS_MIB = """
+def rss_mib(pid="self", key="VmRSS"):
+    \"\"\"VmRSS (now) or VmHWM (peak) of a process from /proc, in MiB.\"\"\"
+    for line in open(f"/proc/{pid}/status").read().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    raise ValueError(f"no {key} in /proc/{pid}/status")
+"""
+
+
+def rss_mib(pid: int | str = "self", key: str = "VmRSS") -> float:
+    """``VmRSS`` (now) or ``VmHWM`` (peak) of a process from ``/proc``, in MiB (also in the scripts: ``_RSS_MIB``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1]) / 1024
+    raise ValueError(f"no {key} in /proc/{pid}/status")
+
+
 # -- 1. container formats never reach a decoder ------------------------------------------------------
 # Peaks are read from VmHWM: ru_maxrss of a child starts at its parent's size (Linux keeps the pre-exec
 # peak), so with a large pytest process as the parent it would hide a growth.
-_DECODE_PEAK = """
+_DECODE_PEAK = _RSS_MIB + """
 import sys
 from pathlib import Path
 from PIL import Image
 from anomaly.decoding import ImageDecodeError, decode_image
-from anomaly.memory import rss_mib
 decode_image(Path(sys.argv[2]), 64)  # warm-up
 before = rss_mib("self", "VmHWM")
 if sys.argv[3] == "pil":  # control: PIL alone decodes the embedded frame inside Image.open
@@ -148,10 +164,9 @@ def test_container_bombs_get_415_from_the_service(client, bombs):
     assert client.get("/health").status_code == 200
 
 
-_CLI_PEAK = """
+_CLI_PEAK = _RSS_MIB + """
 import sys
 from anomaly.cli import main
-from anomaly.memory import rss_mib
 code = 0
 try:
     main(sys.argv[1:])
