@@ -87,7 +87,7 @@ def run_benchmark(data: str | Path, categories: Sequence[str], methods: Sequence
         rows.append(_row(done.get(job.run_dir) or next(results)))
         write_json(out / "benchmark.json", {"device": device, "seed": seed, "params": per_method,
                                              "cpu_count": os.cpu_count(), "rows": rows})
-    table = markdown_table(rows)
+    table = benchmark_markdown(rows)
     sections, margins = [table], {}
     for category in categories:  # margins over the best baseline, with paired-bootstrap intervals
         text, margins[category] = evidence_markdown([out / category / m for m in methods])
@@ -106,7 +106,7 @@ def _row(result: JobResult) -> dict[str, Any]:
     return row
 
 
-def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+def benchmark_markdown(rows: Sequence[dict[str, Any]]) -> str:
     """Rows of :data:`COLUMNS` as a Markdown table (floats to 3 or 1 decimals)."""
     def cell(key: str, value: Any) -> Any:
         if isinstance(value, float):

@@ -45,7 +45,7 @@ from anomaly import layout as L
 from anomaly.config import RunConfig
 from anomaly.dataset import make_loader, read_image
 from anomaly.geometry import Letterbox
-from anomaly.models import Detector, create_detector
+from anomaly.models import Detector, create_detector, get_detector_class
 from anomaly.regions import find_regions
 from anomaly.runs import (atomic_run_dir, check_run_dir, read_config, read_dict, read_metrics, read_predictions,
                           read_threshold)
@@ -120,9 +120,7 @@ def fit_run(config: RunConfig, run_dir: str | Path, data_check: Any = None) -> P
     run_dir, c = Path(run_dir), config
     seed_everything(c.seed)
     dev = resolve_device(c.device)
-    params = dict(c.params)
-    if _has_field(c.method, "seed"):
-        params.setdefault("seed", c.seed)
+    params = detector_params(c)
     detector = create_detector(c.method, params, device=dev)  # validates params before any work
     n_folds = C.resolve_folds(detector, c.folds)
     val_fraction = (0.0 if n_folds else 0.1) if c.val_fraction is None else c.val_fraction
@@ -321,9 +319,10 @@ def _subsample(samples: list[L.Sample], n: int | None, seed: int) -> list[L.Samp
     return [samples[i] for i in sorted(order)]
 
 
-def _has_field(method: str, name: str) -> bool:
-    from dataclasses import fields
-
-    from anomaly.models import get_detector_class
-
-    return name in {f.name for f in fields(get_detector_class(method).config_class)}
+def detector_params(config: RunConfig) -> dict[str, Any]:
+    """The detector parameters a fit of ``config`` uses: ``config.params``, with the run's seed when the
+    detector has one and the parameters do not set it."""
+    params = dict(config.params)
+    if "seed" in {f.name for f in dataclasses.fields(get_detector_class(config.method).config_class)}:
+        params.setdefault("seed", config.seed)
+    return params

@@ -83,9 +83,9 @@ def compare_int8(run_dir: str | Path, mode: str = "dynamic", repeats: int = 20, 
         ``{"mode", "float": {...}, "int8": {...}, "parity": {...}, "within_intervals": bool, "faster": bool}``
         where each runtime entry holds image/pixel AUROC, AUPRO (with ``*_ci``) and ``ms_p50``.
     """
-    from anomaly.export import OnnxScorer, load_onnx_scorer
     from anomaly.dataset import make_loader
     from anomaly.evaluation import ranking_metrics
+    from anomaly.export import OnnxScorer, load_onnx_scorer
     from anomaly.pipeline import load_run, predict_loader
     from anomaly.uncertainty import uncertainty_metrics
 

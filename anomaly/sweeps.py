@@ -16,8 +16,10 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from anomaly import layout as L
+from anomaly.calibration import supports_crossfit
 from anomaly.config import RunConfig
-from anomaly.pipeline import fit_and_evaluate
+from anomaly.models import get_detector_class
+from anomaly.pipeline import detector_params, fit_and_evaluate
 from anomaly.runs import is_evaluated
 from anomaly.utils import make_config, read_json
 
@@ -58,15 +60,11 @@ def data_efficiency(base: RunConfig, sizes: Sequence[int], out_dir: str | Path, 
 
 def _pool_fraction(method: str) -> float:
     """The validation share fit_run carves by default: none when the method is cross-fitted (all images fit)."""
-    from anomaly.models import get_detector_class
-
-    return 0.0 if hasattr(get_detector_class(method), "fit_crossfit") else 0.1
+    return 0.0 if supports_crossfit(get_detector_class(method)) else 0.1
 
 
 def _same_run(run_dir: str | Path, config: RunConfig) -> bool:
     """Whether ``run_dir`` is an evaluated run of exactly ``config`` (device and resolved defaults aside)."""
-    from anomaly.models import get_detector_class
-
     run_dir = Path(run_dir)
     if not is_evaluated(run_dir):
         return False
@@ -77,8 +75,5 @@ def _same_run(run_dir: str | Path, config: RunConfig) -> bool:
     if any(recorded.get(k) != v for k, v in wanted.items()):
         return False
     config_class = get_detector_class(config.method).config_class
-    detector_params = dict(config.params)
-    if "seed" in {f.name for f in dataclasses.fields(config_class)}:
-        detector_params.setdefault("seed", config.seed)
-    expected = json.loads(json.dumps(dataclasses.asdict(make_config(config_class, detector_params))))
+    expected = json.loads(json.dumps(dataclasses.asdict(make_config(config_class, detector_params(config)))))
     return read_json(run_dir / "model.json")["config"] == expected

@@ -198,7 +198,7 @@ def test_two_node_cluster_rows_and_resume_after_kill_9(cluster, patchcore_run, p
 
 
 def test_benchmark_table_is_the_same_on_both_engines(ray_local, synthetic_root, tmp_path):
-    from anomaly.benchmark import markdown_table, run_benchmark
+    from anomaly.benchmark import benchmark_markdown, run_benchmark
     from anomaly.executors import RayExecutor
     from anomaly.utils import read_json
 
@@ -209,7 +209,7 @@ def test_benchmark_table_is_the_same_on_both_engines(ray_local, synthetic_root, 
     local, ray = (read_json(tmp_path / name / "benchmark.json")["rows"] for name in ("local", "ray"))
     measured = ("fit_seconds", "predict_ms_per_image", "peak_rss_mib", "load_before", "load_after")
     blank = [[{**row, **dict.fromkeys(measured)} for row in rows] for rows in (local, ray)]
-    assert markdown_table(blank[0]) == markdown_table(blank[1])  # the table as printed, timings aside
+    assert benchmark_markdown(blank[0]) == benchmark_markdown(blank[1])  # the table as printed, timings aside
     for a, b in zip(*blank, strict=True):  # the stored values: the same to floating-point rounding
         numbers = [k for k, v in a.items() if isinstance(v, float)]
         assert {k: v for k, v in a.items() if k not in numbers} == {k: v for k, v in b.items() if k not in numbers}
