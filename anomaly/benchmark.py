@@ -1,6 +1,6 @@
 """Benchmark: fit + evaluate every (category, method) pair and tabulate the metrics.
 
-Each pair runs through :func:`anomaly.pipeline.fit_run` and :func:`anomaly.pipeline.evaluate_run`
+Each pair runs through :func:`anomaly.pipeline.fit_and_evaluate` (as the sweeps and the ablation do)
 into ``OUT/<category>/<method>/`` (a normal run folder), by default in a fresh process so that
 its peak resident memory (``ru_maxrss``) is its own and not the maximum over earlier runs; an
 executor (:mod:`anomaly.executors`) decides where: here one after another, or as Ray tasks.
