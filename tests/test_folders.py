@@ -14,6 +14,7 @@ from PIL import Image
 from anomaly import folders as F
 from anomaly.cli import main
 from anomaly.config import RunConfig
+from anomaly.decoding import DataError
 from anomaly.own_parts import write_example_folders
 
 FAST = ["--image-size", "64", "--device", "cpu", "--batch-size", "8"]
@@ -123,10 +124,10 @@ def test_masks_match_by_stem_in_a_flat_folder_and_by_path_with_the_mask_suffix(t
     assert [p.name for p in index.skipped] == ["notes.txt"]
     (tmp_path / "bad" / "good").mkdir()
     Image.fromarray(image).save(tmp_path / "bad" / "good" / "x.png")
-    with pytest.raises(F.D.DataError, match="cannot be called 'good'"):
+    with pytest.raises(DataError, match="cannot be called 'good'"):
         F.index_folders(tmp_path / "good", tmp_path / "bad")
     (tmp_path / "bad" / "good" / "x.png").unlink()
-    with pytest.raises(F.D.DataError, match="nobody.png"):
+    with pytest.raises(DataError, match="nobody.png"):
         F.run_data({"good": str(tmp_path / "good"), "defective": str(tmp_path / "bad"),
                     "masks": str(tmp_path / "masks"), "seed": 0}, 0.0)
 
@@ -137,7 +138,7 @@ def test_held_out_draw_is_seeded_and_keeps_duplicate_groups_together():
     for seed in range(20):
         drawn = set(F.draw_held_out(20, [[0, 1, 2], [5, 9]], 0.2, seed))
         assert len(drawn & {0, 1, 2}) in (0, 3) and len(drawn & {5, 9}) in (0, 2)
-    with pytest.raises(F.D.DataError, match="at least 2"):
+    with pytest.raises(DataError, match="at least 2"):
         F.draw_held_out(1, [], 0.2, 0)
 
 
