@@ -26,6 +26,9 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from anomaly.config import RunConfig
+from anomaly.inference import set_torch_threads
+from anomaly.pipeline import evaluate_run, fit_run
+from anomaly.ray_cluster import RayUnavailableError, cluster_size, ray_session
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +50,6 @@ class JobResult:
 
 def fit_and_evaluate(config: RunConfig, run_dir: str, threads: int | None = None) -> None:
     """Fit ``config`` into ``run_dir`` and evaluate it (``metrics.json``); ``threads``: torch's intra-op threads."""
-    from anomaly.export import set_torch_threads
-    from anomaly.pipeline import evaluate_run, fit_run
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if threads is not None:
         set_torch_threads(threads)
@@ -94,8 +94,6 @@ class RayExecutor:
         self.address, self.cpus_per_job = address, cpus_per_job
 
     def run(self, jobs: Sequence[Job]) -> Iterator[JobResult]:
-        from anomaly.ray_cluster import RayUnavailableError, cluster_size, ray_session
-
         if not jobs:
             return
         with ray_session(self.address) as ray:

@@ -25,7 +25,11 @@ import numpy as np
 import torch
 
 from anomaly import data as D
+from anomaly.export import INPUT_NAME, OnnxScorer, load_onnx_scorer
 from anomaly.folders import run_data
+from anomaly.inference import load_run
+from anomaly.pipeline import make_loader, predict_loader, ranking_metrics
+from anomaly.uncertainty import uncertainty_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +58,6 @@ def quantize_run(run: Any, mode: str = "dynamic", n_calibration: int = 32) -> Pa
     """Write ``RUN_DIR/model.int8-{mode}.onnx`` from the run's float graph (exported first if needed)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
-    from anomaly.export import INPUT_NAME, load_onnx_scorer
 
     if mode not in MODES:
         raise ValueError(f"unknown quantisation {mode!r}; choose one of {', '.join(MODES)}")
@@ -82,10 +85,6 @@ def compare_int8(run_dir: str | Path, mode: str = "dynamic", repeats: int = 20, 
         ``{"mode", "float": {...}, "int8": {...}, "parity": {...}, "within_intervals": bool, "faster": bool}``
         where each runtime entry holds image/pixel AUROC, AUPRO (with ``*_ci``) and ``ms_p50``.
     """
-    from anomaly.export import OnnxScorer, load_onnx_scorer
-    from anomaly.pipeline import load_run, make_loader, predict_loader, ranking_metrics
-    from anomaly.uncertainty import uncertainty_metrics
-
     run = load_run(run_dir)
     scorers = {"float": load_onnx_scorer(run, threads=threads),
                "int8": OnnxScorer(quantize_run(run, mode), run.image_size, threads=threads)}

@@ -20,7 +20,8 @@ from anomaly.cli import build_parser, main
 from anomaly.data import read_image
 from anomaly.loadtest import check_loopback, run_loadtest, time_calls
 from anomaly.config import RunConfig
-from anomaly.pipeline import fit_run, load_run
+from anomaly.inference import load_run
+from anomaly.pipeline import fit_run
 from anomaly.service import DEFAULT_MAX_UPLOAD_BYTES, RUNTIMES, ImageDecodeError, create_app, decode_image
 
 CATEGORY = "screw_like"
