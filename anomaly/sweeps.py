@@ -18,6 +18,8 @@ from tqdm.auto import tqdm
 
 from anomaly import data as D
 from anomaly.config import RunConfig
+from anomaly.models import get_detector_class
+from anomaly.pipeline import evaluate_run, fit_run
 from anomaly.runs import is_evaluated
 from anomaly.utils import make_config, read_json
 
@@ -40,8 +42,6 @@ def data_efficiency(base: RunConfig, sizes: Sequence[int], out_dir: str | Path, 
         One row per (seed, size): method, seed, n_train, image_auroc, pixel_auroc, aupro, aupro_fpr05,
         fit_seconds, run_dir.
     """
-    from anomaly.pipeline import evaluate_run, fit_run
-
     rows, method = [], base.method
     for s in range(base.seed, base.seed + max(seeds, 1)):
         full_config = base.replace(seed=s, max_train=None)
@@ -61,15 +61,11 @@ def data_efficiency(base: RunConfig, sizes: Sequence[int], out_dir: str | Path, 
 
 def _pool_fraction(method: str) -> float:
     """The validation share fit_run carves by default: none when the method is cross-fitted (all images fit)."""
-    from anomaly.models import get_detector_class
-
     return 0.0 if hasattr(get_detector_class(method), "fit_crossfit") else 0.1
 
 
 def _same_run(run_dir: str | Path, config: RunConfig) -> bool:
     """Whether ``run_dir`` is an evaluated run of exactly ``config`` (device and resolved defaults aside)."""
-    from anomaly.models import get_detector_class
-
     run_dir = Path(run_dir)
     if not is_evaluated(run_dir):
         return False
