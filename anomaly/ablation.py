@@ -41,7 +41,8 @@ from anomaly import metrics as M
 from anomaly.config import RunConfig
 from anomaly.evidence import fmt_ci
 from anomaly.models.patchcore import PatchCore, PatchCoreConfig
-from anomaly.pipeline import fit_and_evaluate, load_run
+from anomaly.inference import load_run
+from anomaly.pipeline import fit_and_evaluate
 from anomaly.tables import to_markdown
 from anomaly.utils import make_config, read_json, write_json
 

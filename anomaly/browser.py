@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from anomaly.service import create_app
+
 logger = logging.getLogger(__name__)
 
 CHROMIUM = "/usr/bin/chromium"
@@ -114,8 +116,6 @@ def screenshot_station(run_dir: str | Path, image: str | Path, out: str | Path, 
     Returns:
         dict with screenshot (path), score, verdict and verdict_ms (upload to verdict, as timed by the page).
     """
-    from anomaly.service import create_app
-
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with serve(create_app(run_dir, runtime=runtime)) as url, launch() as browser:

@@ -15,16 +15,15 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from anomaly.cli_args import folds, image_side, positive_int, rate
 from anomaly.cli_data import add_check_data_command, add_data_arguments, check_before_fit
+from anomaly.cli_service import add_service_commands
+from anomaly.inference import RUNTIME_HELP, RUNTIMES, iter_predictions, load_run, runtime_scorer
 from anomaly.models import METHODS
-from anomaly.models.base import MAX_IMAGE_SIZE
 from anomaly.thresholds import DEFAULT_ESTIMATOR, DEFAULT_PIXEL_FPR, DEFAULT_TARGET_FRR, ESTIMATORS
 
 logger = logging.getLogger("anomaly")
-RUNTIMES = ("auto", "torch", "onnx")
 ENGINES = ("local", "ray")
-RUNTIME_HELP = ("auto (default): RUN_DIR/model.onnx in onnxruntime when it passes the parity check with PyTorch "
-                "(exported once), else PyTorch with the reason logged; torch; onnx")
 
 
 def _parse_set(items: Sequence[str]) -> dict[str, Any]:
@@ -39,28 +38,6 @@ def _parse_set(items: Sequence[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             params[key.replace("-", "_")] = value
     return params
-
-
-def _checked(cast: Callable[[str], Any], ok: Callable[[Any], bool], expected: str) -> Callable[[str], Any]:
-    """An argparse ``type``: ``cast(text)``, refused with "expected ..." unless ``ok(value)``."""
-    def parse(text: str) -> Any:
-        try:
-            value = cast(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-        if not ok(value):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-        return value
-
-    return parse
-
-
-_positive_int = _checked(int, lambda v: v >= 1, "an integer >= 1")
-_port = _checked(int, lambda v: 1 <= v <= 65535, "a port number from 1 to 65535")
-_positive_float = _checked(float, lambda v: 0 < v < float("inf"), "a number > 0")
-_rate = _checked(float, lambda v: 0 < v < 1, "a rate strictly between 0 and 1 (e.g. 0.05)")
-_folds = _checked(int, lambda v: v == 0 or v >= 2, "an integer >= 2 (or 0: a validation split)")
-_image_side = _checked(int, lambda v: 1 <= v <= MAX_IMAGE_SIZE, f"an image side from 1 to {MAX_IMAGE_SIZE} px")
 
 
 def _model_params(args: argparse.Namespace) -> dict[str, Any]:
@@ -126,8 +103,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from anomaly.inspection import inspect_paths, list_images, runtime_scorer
-    from anomaly.pipeline import iter_predictions, load_run
+    from anomaly.inspection import inspect_paths, list_images
 
     inputs = _predict_inputs(args)
     paths = list_images(inputs)  # up front: a missing input or a FIFO is refused before the run loads
@@ -146,7 +122,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         return
     scorer = runtime_scorer(run, args.runtime, args.threads)
     for record in iter_predictions(run, paths, heatmap_dir=args.heatmap_dir, scorer=scorer):
-        print(json.dumps(record, allow_nan=False), flush=True)  # a non-finite score was refused: always valid JSON
+        print(json.dumps(record.json_record(), allow_nan=False), flush=True)  # a non-finite score was refused: always valid JSON
 
 
 def _predict_inputs(args: argparse.Namespace) -> list[str]:
@@ -204,11 +180,11 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 def _add_decision(p: argparse.ArgumentParser, target_default: float | None, pixel_default: float | None) -> None:
     """``--target-frr`` (required when ``target_default`` is None), ``--estimator``, ``--pixel-fpr``."""
-    p.add_argument("--target-frr", type=_rate, default=target_default, required=target_default is None,
+    p.add_argument("--target-frr", type=rate, default=target_default, required=target_default is None,
                    help=f"false-reject rate of good parts to aim at (fit default {DEFAULT_TARGET_FRR})")
     p.add_argument("--estimator", default=DEFAULT_ESTIMATOR, choices=ESTIMATORS,
                    help="threshold from the calibration scores (default conformal; see README)")
-    p.add_argument("--pixel-fpr", type=_rate, default=pixel_default,
+    p.add_argument("--pixel-fpr", type=rate, default=pixel_default,
                    help=f"per-pixel false-positive rate of the defect-region threshold (fit default {DEFAULT_PIXEL_FPR})")
 
 
@@ -224,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("synth", help="write the built-in synthetic MVTec-like dataset")
     p.add_argument("--out", required=True, help="output root (categories are written under it)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--image-size", type=_image_side, default=256)
+    p.add_argument("--image-size", type=image_side, default=256)
     p.add_argument("--n-train", type=int, default=200)
     p.add_argument("--n-test-good", type=int, default=40)
     p.add_argument("--n-per-defect", type=int, default=15)
@@ -237,8 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-duplicates", action="store_true",
                    help="fit even when the data check finds duplicates across training and test images")
     p.add_argument("--run-dir", required=True)
-    p.add_argument("--image-size", type=_image_side, help="the model's input side (default: the method's)")
-    p.add_argument("--epochs", type=_positive_int, help="autoencoder only")
+    p.add_argument("--image-size", type=image_side, help="the model's input side (default: the method's)")
+    p.add_argument("--epochs", type=positive_int, help="autoencoder only")
     p.add_argument("--backbone", help="padim/patchcore: efficientnet_lite0|lite1|lite2 or a timm name")
     p.add_argument("--weights", help="padim/patchcore: local state_dict for --backbone (never downloaded)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any detector parameter")
@@ -246,11 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float,
                    help="share of train/good held out when calibrating on a validation split (default 0.1; "
                         "0 with cross-fitting)")
-    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--batch-size", type=positive_int, default=8)
     _add_decision(p, target_default=DEFAULT_TARGET_FRR, pixel_default=DEFAULT_PIXEL_FPR)
-    p.add_argument("--folds", type=_folds, help="cross-fitting folds (default 5 for padim/patchcore; the "
+    p.add_argument("--folds", type=folds, help="cross-fitting folds (default 5 for padim/patchcore; the "
                    "autoencoder uses a validation split; 0 forces one)")
-    p.add_argument("--max-train", type=_positive_int, help="use at most N training images (data-efficiency studies)")
+    p.add_argument("--max-train", type=positive_int, help="use at most N training images (data-efficiency studies)")
     _add_common(p)
     p.set_defaults(func=cmd_fit)
 
@@ -275,16 +251,16 @@ def build_parser() -> argparse.ArgumentParser:
                                          "the run folder unless asked)")
     p.add_argument("--csv", help="stream one row per image into this CSV (resumes: paths already in it are skipped)")
     p.add_argument("--heatmaps", metavar="OUT", help="--csv mode: write a heatmap PNG per image here (default: none)")
-    p.add_argument("--batch-size", type=_positive_int, default=8, help="--csv mode: images scored together")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="--csv mode: images scored together")
     p.add_argument("--runtime", default="auto", choices=RUNTIMES, help=RUNTIME_HELP)
-    p.add_argument("--threads", type=_positive_int, help="intra-op threads (default: every core)")
+    p.add_argument("--threads", type=positive_int, help="intra-op threads (default: every core)")
     p.add_argument("--manifest", help="a .csv or .parquet file whose `path` column lists images (relative to its "
                                       "folder), inspected after FOLDER_OR_FILE")
     p.add_argument("--engine", default="local", choices=ENGINES,
                    help="local (default): this process; ray: decode in Ray tasks, score in Ray actors (docs/distributed.md)")
     p.add_argument("--parquet", metavar="FOLDER", help="--engine ray: also (or only) write the rows as Parquet parts here")
     p.add_argument("--address", help="--engine ray: join the cluster at HOST:PORT (default: start a local Ray)")
-    p.add_argument("--actors", type=_positive_int, help="--engine ray: scoring actors (default: one per CPU / --threads)")
+    p.add_argument("--actors", type=positive_int, help="--engine ray: scoring actors (default: one per CPU / --threads)")
     p.add_argument("images", nargs="*", metavar="FOLDER_OR_FILE", help="image files, or folders searched recursively")
     _add_common(p)
     p.set_defaults(func=cmd_predict)
@@ -303,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local (default): one pair after another here; ray: every pair as a Ray task (--out must be "
                         "a path every node sees)")
     p.add_argument("--address", help="--engine ray: join the cluster at HOST:PORT (default: start a local Ray)")
-    p.add_argument("--cpus-per-job", type=_positive_int, default=1,
+    p.add_argument("--cpus-per-job", type=positive_int, default=1,
                    help="--engine ray: CPUs (and torch threads) each fit + evaluate task requests")
     _add_common(p)
     p.set_defaults(func=cmd_benchmark)
@@ -331,9 +307,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     add_check_data_command(sub)
-
-    from anomaly.cli_service import add_service_commands  # here: cli_service imports this module
-
     add_service_commands(sub)
     return parser
 

@@ -2,7 +2,7 @@
 
 :func:`add_service_commands` adds them to the parser of :mod:`anomaly.cli` (still the entry point,
 ``anomaly.cli:main``); each command imports the service, browser, export or load-test module only
-when it runs.
+when it runs (they import FastAPI, uvicorn, onnx or Playwright: not needed to start the CLI).
 """
 
 from __future__ import annotations
@@ -10,9 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from pathlib import Path
 
-from anomaly.cli import RUNTIME_HELP, RUNTIMES, _image_side, _port, _positive_float, _positive_int
+from anomaly.cli_args import image_side, port, positive_float, positive_int
+from anomaly.decoding import require_regular_file
+from anomaly.export import export_run
+from anomaly.http_guards import allowed_hosts
+from anomaly.inference import RUNTIME_HELP, RUNTIMES, load_run, set_torch_threads
+from anomaly.memory import limit_allocator
 
 
 def add_service_commands(sub: argparse._SubParsersAction) -> None:
@@ -20,17 +26,17 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve a trained run over HTTP (FastAPI + uvicorn)")
     p.add_argument("--run-dir", required=True, help="run folder written by `anomaly fit`")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: this machine only)")
-    p.add_argument("--port", type=_port, default=8000)
+    p.add_argument("--port", type=port, default=8000)
     p.add_argument("--allowed-hosts", default="",
                    help="comma-separated extra host names clients may use in the Host header (DNS-rebinding "
                         "guard; always allowed: 127.0.0.1, localhost and --host); '*' allows any")
     p.add_argument("--runtime", default="auto", choices=RUNTIMES, help=RUNTIME_HELP)
-    p.add_argument("--max-upload-mb", type=_positive_float, default=20.0, help="largest request body; larger uploads get 413")
-    p.add_argument("--threads", type=_positive_int, default=1,
+    p.add_argument("--max-upload-mb", type=positive_float, default=20.0, help="largest request body; larger uploads get 413")
+    p.add_argument("--threads", type=positive_int, default=1,
                    help="torch / onnxruntime intra-op threads per request (concurrent requests use the other cores)")
     p.add_argument("--api-key-file", help="require the key in this file (X-API-Key header) on every endpoint but "
                                           "/health; default: $ANOMALY_API_KEY if set, else no key")
-    p.add_argument("--workers", type=_positive_int, default=1, help="worker processes, each loading the run once")
+    p.add_argument("--workers", type=positive_int, default=1, help="worker processes, each loading the run once")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("station", help="screenshot of the inspection page on one image, in headless Chromium")
@@ -42,8 +48,8 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("loadtest", help="load-test a running service on this machine (loopback only)")
     p.add_argument("--url", default="http://127.0.0.1:8000")
-    p.add_argument("--requests", type=_positive_int, default=200)
-    p.add_argument("--concurrency", type=_positive_int, default=8)
+    p.add_argument("--requests", type=positive_int, default=200)
+    p.add_argument("--concurrency", type=positive_int, default=8)
     p.add_argument("--image", help="image file to send (default: a generated 256 px image)")
     p.add_argument("--timeout-s", type=float, default=300.0, help="stop after this many seconds")
     p.set_defaults(func=cmd_loadtest)
@@ -59,18 +65,15 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("latency", help="per-image latency, PyTorch vs onnxruntime, batch 1 and 8")
     p.add_argument("--run-dir", required=True)
-    p.add_argument("--image-size", type=_image_side, help="input side in px (default: the run's image size)")
-    p.add_argument("--repeats", type=_positive_int, default=20)
-    p.add_argument("--threads", type=_positive_int, help="intra-op threads for both runtimes (default: all cores)")
+    p.add_argument("--image-size", type=image_side, help="input side in px (default: the run's image size)")
+    p.add_argument("--repeats", type=positive_int, default=20)
+    p.add_argument("--threads", type=positive_int, help="intra-op threads for both runtimes (default: all cores)")
     p.set_defaults(func=cmd_latency)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from anomaly.export import set_torch_threads
-    from anomaly.http_guards import allowed_hosts
-    from anomaly.memory import limit_allocator
     from anomaly.service import create_app
     from anomaly.web import api_key_from, settings_to_env
 
@@ -84,12 +87,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
         app = create_app(**settings, api_key=api_key)
         uvicorn.run(app, host=args.host, port=args.port, log_level="info")
         return
-    import os
-
     os.environ.update(settings_to_env(**settings))  # inherited by the worker processes
     if api_key is not None:
         os.environ["ANOMALY_API_KEY"] = api_key
-    uvicorn.run("anomaly.web:create_app_from_env", factory=True, workers=args.workers, host=args.host,
+    uvicorn.run("anomaly.service:create_app_from_env", factory=True, workers=args.workers, host=args.host,
                 port=args.port, log_level="info")
 
 
@@ -100,7 +101,6 @@ def cmd_station(args: argparse.Namespace) -> None:
 
 
 def cmd_loadtest(args: argparse.Namespace) -> None:
-    from anomaly.decoding import require_regular_file
     from anomaly.loadtest import run_loadtest
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per request
@@ -113,14 +113,12 @@ def cmd_loadtest(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from anomaly.export import export_run
-
     if args.int8:
         from anomaly.quantize import compare_int8
 
         print(json.dumps(compare_int8(args.run_dir, mode=args.int8), indent=2))
         return
-    print(json.dumps(export_run(args.run_dir, out=args.out), indent=2))
+    print(json.dumps(export_run(load_run(args.run_dir, device="cpu"), out=args.out), indent=2))
 
 
 def cmd_latency(args: argparse.Namespace) -> None:

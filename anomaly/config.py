@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from anomaly.models import METHODS, get_detector_class
 from anomaly.thresholds import DEFAULT_ESTIMATOR, DEFAULT_PIXEL_FPR, DEFAULT_TARGET_FRR, check_decision
 from anomaly.utils import make_config
 
@@ -71,8 +72,6 @@ class RunConfig:
     test_fraction: float = 0.2
 
     def __post_init__(self) -> None:
-        from anomaly.models import METHODS, get_detector_class
-
         for key in ("data", "good", "defective", "masks", "test_good"):  # a Path is welcome
             if getattr(self, key) is not None:
                 object.__setattr__(self, key, str(getattr(self, key)))

@@ -31,9 +31,11 @@ from typing import Any, Iterator, Sequence
 
 from tqdm.auto import tqdm
 
+from anomaly.inference import Run, display_range, select_scorer
 from anomaly.inspection import batched, list_images
+from anomaly.memory import peak_rss_mib
 from anomaly.ray_cluster import RayUnavailableError, ResourcePlan, cluster_size, plan_resources, ray_session
-from anomaly.ray_workers import Decoder, RunScorer, ScoringRun, run_payload
+from anomaly.ray_workers import Decoder, RunScorer, run_payload
 from anomaly.results_csv import ResultsCsv, path_text, run_fingerprint
 from anomaly.results_parquet import ParquetResults
 
@@ -42,7 +44,7 @@ logger = logging.getLogger(__name__)
 BLOCK_BYTES = 32 * 2**20  # decoded images per dataset row (a block of batches): fewer, larger Ray calls
 
 
-def inspect_paths_ray(run: Any, inputs: Sequence[str | Path], csv_path: str | Path | None = None,
+def inspect_paths_ray(run: Run, inputs: Sequence[str | Path], csv_path: str | Path | None = None,
                       parquet_path: str | Path | None = None, heatmap_dir: str | Path | None = None,
                       batch_size: int = 8, runtime: str = "auto", threads: int | None = None,
                       actors: int | None = None, address: str | None = None, device: str = "cpu",
@@ -89,8 +91,6 @@ def inspect_paths_ray(run: Any, inputs: Sequence[str | Path], csv_path: str | Pa
             with _worker_errors(ray):
                 summary.update(_write(results, todo, per_block, sinks, summary, progress, start))
     seconds = time.perf_counter() - start
-    from anomaly.pipeline import peak_rss_mib
-
     return {**summary, "seconds": seconds, "images_per_s": summary["written"] / seconds if seconds else 0.0,
             "peak_rss_mib": peak_rss_mib(), "csv": None if csv_path is None else str(csv_path), "run": fingerprint,
             "parquet": None if parquet_path is None else str(parquet_path)}
@@ -134,11 +134,9 @@ def _worker_errors(ray: Any) -> Iterator[None]:
         raise RayUnavailableError(f"a Ray worker failed: {last[0].strip()}{hint}") from None
 
 
-def _runtime(run: Any, runtime: str) -> str:
+def _runtime(run: Run, runtime: str) -> str:
     """The runtime the scorers use (``"onnx"`` or ``"torch"``), chosen on the driver as the local engine
-    chooses it (:func:`anomaly.export.select_scorer`: ``auto`` exports and checks ``model.onnx`` once)."""
-    from anomaly.export import select_scorer
-
+    chooses it (:func:`anomaly.inference.select_scorer`: ``auto`` exports and checks ``model.onnx`` once)."""
     return select_scorer(run, runtime, threads=1)[1]
 
 
@@ -148,13 +146,11 @@ def block_batches(batch_size: int, image_size: int, n_batches: int, actors: int)
     return max(1, min(by_bytes, math.ceil(n_batches / (4 * actors))))
 
 
-def _pipeline(ray: Any, run: Any, todo: list[Path], batch_size: int, plan: ResourcePlan, runtime: str,
+def _pipeline(ray: Any, run: Run, todo: list[Path], batch_size: int, plan: ResourcePlan, runtime: str,
               heatmap_dir: str | Path | None) -> tuple[Iterator[dict], int]:
     """The Ray Data pipeline over ``todo``: an iterator of result rows, one per block of ``per_block``
     paths, in input order; and ``per_block``."""
     from ray.data import ActorPoolStrategy, DataContext
-
-    from anomaly.pipeline import display_range
 
     context = DataContext.get_current()
     context.execution_options.preserve_order = True  # rows in input order, as the local engine writes them
@@ -163,7 +159,7 @@ def _pipeline(ray: Any, run: Any, todo: list[Path], batch_size: int, plan: Resou
     blocks = [{"block": i, "sources": [os.fsencode(os.path.abspath(p)) for p in chunk]}
               for i, chunk in enumerate(batched(todo, per_block))]
     scorer = dict(payload=[ray.put(run_payload(run, runtime))], runtime=runtime, threads=plan.threads,
-                  decision=ScoringRun(run.image_size, run.threshold, run.pixel_threshold), batch_size=batch_size,
+                  decision=run.decision, image_size=run.image_size, batch_size=batch_size,
                   device="cuda" if plan.actor_gpus else "cpu",
                   colours=display_range(run) if heatmap_dir is not None else {},
                   heatmap_dir=None if heatmap_dir is None else str(Path(heatmap_dir).resolve()))

@@ -29,6 +29,7 @@ from anomaly import metrics as M
 from anomaly import pairwise, sizes
 from anomaly.models import BASELINES
 from anomaly.tables import to_markdown
+from anomaly.run_results import load_results
 from anomaly.utils import read_json
 from anomaly.wording import fmt, fmt_ci  # noqa: F401  (fmt_ci: re-exported, the tables' one format)
 
@@ -202,8 +203,6 @@ def evidence_markdown(run_dirs: Sequence[Any]) -> tuple[str, dict[str, Any]]:
     Args:
         run_dirs: evaluated run folders scored on the same test images (one per method).
     """
-    from anomaly.run_results import load_results
-
     results = [load_results(d) for d in run_dirs]
     margins = margins_over_baseline(results)
     size_table_ = size_table(results)

@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from anomaly.config import RunConfig
+from anomaly.inference import set_torch_threads
 from anomaly.pipeline import fit_and_evaluate
+from anomaly.ray_cluster import RayUnavailableError, cluster_size, ray_session
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +51,6 @@ class JobResult:
 def run_job(config: RunConfig, run_dir: str, threads: int | None = None) -> None:
     """A job in a process of its own (spawned, or a Ray worker): logging on, torch's intra-op ``threads``, then
     :func:`~anomaly.pipeline.fit_and_evaluate`."""
-    from anomaly.export import set_torch_threads
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if threads is not None:
         set_torch_threads(threads)
@@ -94,8 +94,6 @@ class RayExecutor:
         self.address, self.cpus_per_job = address, cpus_per_job
 
     def run(self, jobs: Sequence[Job]) -> Iterator[JobResult]:
-        from anomaly.ray_cluster import RayUnavailableError, cluster_size, ray_session
-
         if not jobs:
             return
         with ray_session(self.address) as ray:

@@ -15,7 +15,9 @@ import torch
 
 from anomaly import dataset as DS
 from anomaly.folders import run_data
+from anomaly.inference import load_run
 from anomaly.utils import read_json
+from anomaly.wording import calibration_text as text
 
 RUNS_ROOT = "weights/report"
 
@@ -91,8 +93,6 @@ def nearest_patch_pair(run_dir: str | Path, n_search: int = 30, device: str = "c
     record where its features came from). Returns ``figure`` (keyword arguments of
     :func:`anomaly.viz.patch_pair_figure`), ``s_star``, ``score`` (Eq. 7), ``map_max`` and ``defect_type``.
     """
-    from anomaly.pipeline import load_run
-
     run = load_run(run_dir, device=device)
     det, cfg = run.detector, run.config
     splits = run_data(cfg, cfg["val_fraction"]).splits
@@ -133,6 +133,4 @@ def patch_pair_text(pair: dict[str, Any]) -> str:
 def calibration_text(results: Any, defect_rate: float) -> str:
     """Markdown for notebook 03 (:func:`anomaly.wording.calibration_text` of a ``RunResults``): the threshold, the
     conformal rank for this run's n and target, the realised rates and precision at ``defect_rate``."""
-    from anomaly.wording import calibration_text as text
-
     return text(results.run_dir, results.metrics, defect_rate)

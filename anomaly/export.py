@@ -8,7 +8,7 @@ the scoring exists once; this module only exports it, runs it with onnxruntime a
 Exported with the TorchScript-based exporter (``dynamo=False``, opset 17; the dynamo
 exporter fixed the batch axis to the example's size) and checked against PyTorch: the largest
 score and map differences go to ``RUN_DIR/onnx_parity.json``.
-:func:`select_scorer` picks the runtime of ``evaluate``, ``predict`` and ``serve``: with ``"auto"``
+:func:`anomaly.inference.select_scorer` picks the runtime of ``evaluate``, ``predict`` and ``serve``: with ``"auto"``
 (their default) the exported graph in onnxruntime when its parity record is within
 :data:`PARITY_RTOL`, else the PyTorch detector, with the reason logged. The graph is exported once
 and cached in the run folder (``model.onnx`` + ``onnx_parity.json``, tied to ``model.pt`` and to
@@ -32,6 +32,7 @@ from torch import nn
 from anomaly.geometry import letterbox_batch, maps_to_input
 from anomaly.models import Detector, Prediction
 from anomaly.runs import file_sha256, is_current, read_dict
+from anomaly.utils import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -41,17 +42,7 @@ OPSET = 17
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("image_scores", "anomaly_maps")
 EXPORTABLE = ("patchcore", "padim")
-RUNTIMES = ("auto", "torch", "onnx")
 PARITY_RTOL = 1e-3  # largest score-relative difference of scores and maps accepted by "auto"
-
-
-def set_torch_threads(threads: int | None = None) -> int:
-    """Set torch's intra-op threads (default: every core of this machine); returns the number set."""
-    if threads is not None and threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
-    n = int(threads or os.cpu_count() or 1)
-    torch.set_num_threads(n)
-    return n
 
 
 def export_graph(detector: Detector) -> nn.Module:
@@ -140,9 +131,9 @@ def check_parity(detector: Detector, scorer: OnnxScorer, images: torch.Tensor) -
 
 def parity_images(run: Any, n: int = 4, seed: int = 0) -> torch.Tensor:
     """(n, 3, S, S): test images of the run's data when it is on disk, else seeded random images."""
-    from anomaly import dataset as DS
-    from anomaly import decoding
-    from anomaly.folders import run_data
+    from anomaly import dataset as DS  # deferred: pandas, not needed to score
+    from anomaly import decoding  # deferred: with the data modules below
+    from anomaly.folders import run_data  # deferred: pandas
 
     size = run.image_size
     try:
@@ -156,21 +147,17 @@ def parity_images(run: Any, n: int = 4, seed: int = 0) -> torch.Tensor:
     return torch.stack([DS.read_image(samples[i].image_path, size) for i in picks])
 
 
-def export_run(run_dir: Any, out: str | Path | None = None, opset: int = OPSET, n_parity: int = 4) -> dict[str, Any]:
+def export_run(run: Any, out: str | Path | None = None, opset: int = OPSET, n_parity: int = 4) -> dict[str, Any]:
     """Export a run's detector to ONNX, check it against PyTorch, write ``RUN_DIR/onnx_parity.json``.
 
     Args:
-        run_dir: a run folder, or a :class:`anomaly.pipeline.Run` already loaded.
+        run: a loaded run (:func:`anomaly.inference.load_run`).
         out: the ONNX file (default ``RUN_DIR/model.onnx``).
 
     Returns:
         the parity record: onnx path, opset, max abs/rel differences of scores and maps, and the
         ``model_sha256`` of the model exported (what ties ``model.onnx`` to ``model.pt``).
     """
-    from anomaly.pipeline import Run, load_run
-    from anomaly.utils import write_json
-
-    run = run_dir if isinstance(run_dir, Run) else load_run(run_dir, device="cpu")
     path = export_onnx(run.detector, Path(out) if out else run.run_dir / ONNX_FILE, opset=opset)
     scorer = OnnxScorer(path, run.image_size)
     record = {"onnx": str(path), "onnx_sha256": file_sha256(path), "method": run.detector.name, "opset": opset,
@@ -204,46 +191,3 @@ def parity_failure(record: dict[str, Any], rtol: float = PARITY_RTOL) -> str | N
         if not isinstance(value, (int, float)) or not np.isfinite(value) or value > rtol:
             return f"ONNX parity check failed: {key} = {value!r} (limit {rtol:g})"
     return None
-
-
-def select_scorer(run: Any, runtime: str = "auto", threads: int | None = None) -> tuple[Any, str]:
-    """The scorer of a loaded run and the runtime it uses (``"torch"`` or ``"onnx"``).
-
-    ``"auto"`` takes onnxruntime (measured faster than eager PyTorch on CPU, see the README) when the
-    run's method exports, the run is on the CPU, the export succeeds and its parity record is within
-    :data:`PARITY_RTOL`; otherwise the detector itself, logging why. ``"torch"`` / ``"onnx"`` are
-    taken as asked (an ``"onnx"`` export failure is an error, not a fallback).
-
-    Args:
-        threads: onnxruntime intra-op threads (default: every core); torch's are the caller's to set.
-    """
-    if runtime not in RUNTIMES:
-        raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
-    if runtime == "onnx":
-        return load_onnx_scorer(run, threads=threads), "onnx"
-    reason = "--runtime torch" if runtime == "torch" else _no_onnx_reason(run)
-    failed = False  # an expected PyTorch run is logged at INFO, a failed export or parity check at WARNING
-    if reason is None:
-        try:
-            scorer = load_onnx_scorer(run, threads=threads)
-            reason = parity_failure(_read_parity(run))
-        except Exception as err:  # noqa: BLE001 -- any export failure (missing onnx, unsupported op, full disk) falls back
-            reason, scorer = f"ONNX export failed: {type(err).__name__}: {err}", None
-        if reason is None:
-            logger.info("runtime: onnxruntime (%s, parity within %g)", scorer.path, PARITY_RTOL)
-            return scorer, "onnx"
-        failed = True
-    (logger.warning if failed else logger.info)("runtime: PyTorch (%s)", reason)
-    return run.detector, "torch"
-
-
-def _no_onnx_reason(run: Any) -> str | None:
-    if run.detector.name not in EXPORTABLE:
-        return f"{run.detector.name} has no ONNX export"
-    if str(run.detector.device) != "cpu":
-        return f"the run is on {run.detector.device}; onnxruntime runs here on the CPU only"
-    return None
-
-
-def _read_parity(run: Any) -> dict[str, Any]:
-    return read_dict(run.run_dir / PARITY_FILE)

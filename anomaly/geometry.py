@@ -84,18 +84,33 @@ class Letterbox:
 
     def to_input(self, maps: torch.Tensor) -> torch.Tensor:
         """(B, S, S) canvas maps -> (B, H, W) on the input's pixels (crop, bilinear resize)."""
-        from anomaly.models.postprocess import upsample_maps  # here: anomaly.models imports this module
-
         return upsample_maps(self.crop(maps), (self.height, self.width))
 
     def regions_to_input(self, regions: list[dict]) -> list[dict]:
         """Regions found on a canvas map (bboxes ``[x0, y0, x1, y1]``) in the input's pixels."""
-        from anomaly.regions import scale_regions
+        from anomaly.regions import scale_regions  # deferred: scipy.ndimage, not needed at CLI start-up
 
         top, left = self.offset
         shifted = [{**r, "bbox": [r["bbox"][0] - left, r["bbox"][1] - top, r["bbox"][2] - left, r["bbox"][3] - top]}
                    for r in regions]
         return scale_regions(shifted, self.inner, (self.height, self.width))
+
+
+def upsample_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of a batch of maps to ``size`` (no-op when already that size).
+
+    Args:
+        maps: (B, h, w) float tensor.
+        size: target (H, W).
+
+    Returns:
+        (B, H, W) tensor.
+    """
+    size = (int(size[0]), int(size[1]))
+    if tuple(maps.shape[-2:]) == size:
+        return maps
+    out = F.interpolate(maps.unsqueeze(1), size=size, mode="bilinear", align_corners=False)  # (B, 1, H, W)
+    return out.squeeze(1)
 
 
 def letterbox_batch(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -111,8 +126,6 @@ def letterbox_batch(images: torch.Tensor, size: int) -> torch.Tensor:
 
 def maps_to_input(maps: torch.Tensor, hw: tuple[int, int], size: int) -> torch.Tensor:
     """(B, S, S) canvas maps of (H, W) inputs -> (B, H, W) on the inputs' pixels (no-op when already there)."""
-    from anomaly.models.postprocess import upsample_maps
-
     h, w = int(hw[0]), int(hw[1])
     if h == w or tuple(maps.shape[-2:]) == (h, w):
         return upsample_maps(maps, (h, w))

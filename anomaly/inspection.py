@@ -14,10 +14,7 @@ finished rows.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import math
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,8 +24,9 @@ import torch
 from tqdm.auto import tqdm
 
 from anomaly.decoding import DataError, decode_with_hw, require_regular_file
-from anomaly.geometry import Letterbox
 from anomaly.layout import IMAGE_EXTENSIONS
+from anomaly.inference import Decision, ImagePrediction, Run, Scorer, display_range, predict_images, runtime_scorer
+from anomaly.memory import peak_rss_mib
 from anomaly.results_csv import COLUMNS, ResultsCsv, pending, read_done, run_fingerprint  # noqa: F401
 from anomaly.utils import printable
 
@@ -54,12 +52,6 @@ def list_images(inputs: Sequence[str | Path]) -> list[Path]:
     return list(dict.fromkeys(paths))  # a file named twice is inspected once
 
 
-def heatmap_name(path: str | Path) -> str:
-    """``<stem>_<sha1 of the absolute path, 8 hex>_heatmap.png``: same-named files in different folders differ."""
-    digest = hashlib.sha1(os.fsencode(Path(path).resolve())).hexdigest()[:8]
-    return f"{Path(path).stem}_{digest}_heatmap.png"
-
-
 def done_paths(csv_path: Path, fingerprint: str | None = None) -> set[str]:
     """Paths (as written, :func:`anomaly.results_csv.path_text`) already in ``csv_path``; never changes the
     file (see :func:`anomaly.results_csv.read_done`)."""
@@ -77,17 +69,17 @@ def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield batch
 
 
-def inspect_paths(run: Any, inputs: Sequence[str | Path], csv_path: str | Path, heatmap_dir: str | Path | None = None,
+def inspect_paths(run: Run, inputs: Sequence[str | Path], csv_path: str | Path, heatmap_dir: str | Path | None = None,
                   batch_size: int = 8, runtime: str = "auto", threads: int | None = None,
                   progress: bool = True) -> dict[str, Any]:
-    """Score every image in ``inputs`` with ``run`` (a loaded :class:`anomaly.pipeline.Run`), one CSV row each.
+    """Score every image in ``inputs`` with ``run`` (:func:`anomaly.inference.load_run`), one CSV row each.
 
     The next batch is decoded in a background thread while the current one is scored, so at most
     two batches of images are in memory.
 
     Args:
         csv_path: written as it goes (appended to when it is this run's CSV: its paths are skipped).
-        heatmap_dir: when given, one heatmap PNG per image, named by :func:`heatmap_name`.
+        heatmap_dir: when given, one heatmap PNG per image, named by :func:`anomaly.inference.heatmap_name`.
         batch_size: images decoded and scored together.
         runtime: ``"auto"`` (onnxruntime when it passes the parity check), ``"torch"`` or ``"onnx"``.
         threads: intra-op threads of the runtime (default: every core).
@@ -101,8 +93,6 @@ def inspect_paths(run: Any, inputs: Sequence[str | Path], csv_path: str | Path, 
         anomaly.results_csv.ResultsCsvError: ``csv_path`` exists and is not this run's inspection CSV
             (it is left unchanged).
     """
-    from anomaly.pipeline import display_range, peak_rss_mib
-
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     results = ResultsCsv(csv_path, run_fingerprint(run))  # refuses, unchanged, a file that is not this run's CSV
@@ -115,13 +105,14 @@ def inspect_paths(run: Any, inputs: Sequence[str | Path], csv_path: str | Path, 
     with results, ThreadPoolExecutor(1) as decoder, \
             tqdm(total=len(todo), desc="inspect", unit="img", disable=not progress) as bar:
         batches = batched(todo, batch_size)
-        pending_batch = decoder.submit(_decode_batch, next(batches, []), run.image_size)
+        pending_batch = decoder.submit(decode_batch, next(batches, []), run.image_size)
         while True:
             rows, images = pending_batch.result()
             if not rows:
                 break
-            pending_batch = decoder.submit(_decode_batch, next(batches, []), run.image_size)  # overlaps the scoring
-            for row in _score_batch(run, scorer, rows, images, heatmap_dir, colours):
+            pending_batch = decoder.submit(decode_batch, next(batches, []), run.image_size)  # overlaps the scoring
+            for prediction in score_batch(run.decision, scorer, rows, images, heatmap_dir, colours):
+                row = prediction.csv_row()
                 results.write(row)
                 counts["written"] += 1
                 counts["errors"] += bool(row["error"])
@@ -134,7 +125,7 @@ def inspect_paths(run: Any, inputs: Sequence[str | Path], csv_path: str | Path, 
             "csv": printable(str(results.path)), "run": results.fingerprint}
 
 
-def _decode_batch(paths: list[Path], image_size: int) -> tuple[list[dict[str, Any]], list[torch.Tensor]]:
+def decode_batch(paths: list[Path], image_size: int) -> tuple[list[dict[str, Any]], list[torch.Tensor]]:
     """One row per path, and the (3, S, S) images of those that decoded (an error fills the row's ``error``)."""
     rows, images = [], []
     for path in paths:
@@ -149,42 +140,19 @@ def _decode_batch(paths: list[Path], image_size: int) -> tuple[list[dict[str, An
     return rows, images
 
 
-def _score_batch(run: Any, scorer: Any, rows: list[dict[str, Any]], images: list[torch.Tensor],
-                 heatmap_dir: str | Path | None, colours: dict[str, float]) -> list[dict[str, Any]]:
-    """Score the decoded images as one batch into their rows; optionally write heatmaps."""
-    from anomaly.pipeline import regions_of
-
-    if not images:
-        return rows
-    batch = torch.stack(images)  # (B, 3, S, S)
-    out = scorer.predict(batch)  # scores (B,), maps (B, S, S)
-    for i, row in enumerate(r for r in rows if not r["error"]):
-        score = float(out.image_scores[i])
-        if not math.isfinite(score):  # never a verdict from a NaN: NaN >= threshold is False, "good"
-            row["error"] = f"{printable(str(row['path']))}: the model produced a non-finite score ({score})"
-            logger.warning("%s", row["error"])
-            continue
-        row.update(score=score, is_anomalous=bool(score >= run.threshold))
-        box = Letterbox(*row["_hw"], run.image_size)
-        amap = box.crop(out.anomaly_maps[i])  # (h, w): the image's area, never the pad
-        row["regions"] = "" if run.pixel_threshold is None else len(regions_of(run, amap))
-        if heatmap_dir is not None:
-            from anomaly.viz import save_heatmap_png
-
-            save_heatmap_png(box.crop(batch[i]), amap, Path(heatmap_dir) / heatmap_name(row["path"]), **colours)
-    return rows
-
-
-def runtime_scorer(run: Any, runtime: str = "auto", threads: int | None = None) -> Any:
-    """The scorer of ``run`` for ``runtime`` (:func:`anomaly.export.select_scorer`); sets torch's threads for torch."""
-    from anomaly.export import select_scorer, set_torch_threads
-
-    scorer, used = select_scorer(run, runtime, threads=threads)
-    if used == "torch" and threads is not None:
-        set_torch_threads(threads)
-    return scorer
-
-
-# The row logic other engines reuse (anomaly.distributed scores the same batches on Ray).
-decode_batch = _decode_batch
-score_batch = _score_batch
+def score_batch(decision: Run | Decision, scorer: Scorer, rows: list[dict[str, Any]], images: list[torch.Tensor],
+                heatmap_dir: str | Path | None = None, colours: dict[str, float | None] | None = None
+                ) -> list[ImagePrediction]:
+    """The rows of :func:`decode_batch` as predictions: the decoded images scored as one batch
+    (:func:`anomaly.inference.predict_images`), a row that did not decode kept with its error."""
+    decoded = [row for row in rows if not row["error"]]
+    scored = iter(predict_images(decision, scorer, torch.stack(images), [row["path"] for row in decoded],
+                                 sizes=[row["_hw"] for row in decoded], heatmap_dir=heatmap_dir, colours=colours)
+                  if images else ())
+    predictions = []
+    for row in rows:
+        prediction = ImagePrediction(printable(str(row["path"])), error=row["error"]) if row["error"] else next(scored)
+        if prediction.error and not row["error"]:
+            logger.warning("%s", prediction.error)
+        predictions.append(prediction)
+    return predictions

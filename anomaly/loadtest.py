@@ -24,6 +24,9 @@ import torch
 from tqdm.auto import tqdm
 
 from anomaly.tables import markdown_table
+from anomaly.export import load_onnx_scorer
+from anomaly.inference import load_run, set_torch_threads
+from anomaly.utils import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -171,10 +174,6 @@ def measure_latency(run_dir: str | Path, image_size: int | None = None, repeats:
         per-image wall p50/p95/mean and CPU p50 in ms; ``speedup_p50`` (torch / onnx) per batch
         size; the machine's core count and 1-minute load average (other jobs skew wall times).
     """
-    from anomaly.export import load_onnx_scorer, set_torch_threads
-    from anomaly.pipeline import load_run
-    from anomaly.utils import write_json
-
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     threads = set_torch_threads(threads)

@@ -1,4 +1,4 @@
-"""Process memory of the service: glibc allocator settings that keep the peak down.
+"""Process memory: glibc allocator settings that keep the peak down, and RSS readings.
 
 Large image decodes free hundreds of MB at a time. glibc's default allocator then (a) raises its
 mmap threshold to the size just freed, so the next large blocks come from the heap and are not given
@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import resource
 from typing import MutableMapping
 
 logger = logging.getLogger(__name__)
@@ -47,3 +48,8 @@ def limit_allocator(env: MutableMapping[str, str] | None = None) -> bool:
     changed = bool(mallopt(_M_MMAP_THRESHOLD, int(env["MALLOC_MMAP_THRESHOLD_"])))
     changed &= bool(mallopt(_M_ARENA_MAX, int(env["MALLOC_ARENA_MAX"])))
     return changed
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far, in MiB (Linux ru_maxrss is KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from anomaly.folders import list_image_files
+from anomaly.pipeline import evaluate_run
 from anomaly.scenes import DEFECT_TYPES
 from anomaly.synthetic import render_sample
 from anomaly.thresholds import calibration_rank
@@ -96,8 +98,6 @@ def folders_for(good_dir: str | None, defective_dir: str | None, masks_dir: str 
 
 def folder_table(folders: dict[str, str | None]) -> pd.DataFrame:
     """One row per sub-folder: role, folder, image files and their formats."""
-    from anomaly.folders import list_image_files
-
     rows = []
     for role, root in folders.items():
         if root is None:
@@ -112,8 +112,6 @@ def folder_table(folders: dict[str, str | None]) -> pd.DataFrame:
 
 def evaluate_or_explain(run_dir: str | Path, device: str = "auto") -> tuple[dict[str, Any] | None, str]:
     """Evaluate the run when it has a test split: (metrics, ""); else (None, the run's own reason)."""
-    from anomaly.pipeline import evaluate_run
-
     note = read_json(Path(run_dir) / "config.json").get("evaluation")
     if note:
         return None, f"This run has no test evaluation -- {note}."

@@ -1,4 +1,4 @@
-"""The one place that orchestrates a run: fit -> threshold -> save -> evaluate -> predict.
+"""The one place that orchestrates a run: fit -> threshold -> save -> evaluate (predicting: :mod:`anomaly.inference`).
 
 :func:`fit_and_evaluate` is both in turn: the one way the benchmark, sweeps and ablation make a run.
 A run folder holds everything a run produced::
@@ -16,7 +16,7 @@ A run folder holds everything a run produced::
 
 A fit writes a hidden sibling folder and swaps it into place when complete (:mod:`anomaly.runs`),
 so an interrupted re-fit leaves the previous run as it was, and a re-fit never keeps the previous
-run's ``metrics.json``. :func:`load_run` checks the marker and every file it reads.
+run's ``metrics.json``. :func:`anomaly.inference.load_run` checks the marker and every file it reads.
 
 The decision thresholds and any normalisation come from good training images only (cross-fitted
 out-of-sample scores, or a validation split for the autoencoder); the test set is only ever used
@@ -27,11 +27,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import resource
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -45,31 +43,16 @@ from anomaly import layout as L
 from anomaly.config import RunConfig
 from anomaly.dataset import make_loader, read_image
 from anomaly.geometry import Letterbox
+from anomaly.inference import load_run, select_scorer
+from anomaly.memory import peak_rss_mib
 from anomaly.models import Detector, create_detector, get_detector_class
-from anomaly.regions import find_regions
-from anomaly.runs import (atomic_run_dir, check_run_dir, read_config, read_dict, read_metrics, read_predictions,
-                          read_threshold)
+from anomaly.runs import atomic_run_dir, check_run_dir, read_dict, read_metrics, read_predictions
 from anomaly.thresholds import DEFAULT_ESTIMATOR, DEFAULT_PIXEL_FPR
 from anomaly.utils import resolve_device, seed_everything, write_json
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class Run:
-    """A trained run loaded from its folder."""
-
-    run_dir: Path
-    detector: Detector
-    config: dict[str, Any]
-    threshold: float
-    metrics: dict[str, Any] | None
-    model_sha256: str = ""  # fingerprint of model.pt from complete.json
-    pixel_threshold: float | None = None  # defect-region threshold (None: no regions)
-
-    @property
-    def image_size(self) -> int:
-        return int(self.detector.config.image_size)
 
 
 def predict_loader(detector: Detector, loader: DataLoader, desc: str = "predict") -> dict[str, np.ndarray]:
@@ -168,11 +151,9 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", data: str | Path | N
 
     Args:
         runtime: ``"auto"`` (onnxruntime when it passes the parity check, else PyTorch), ``"torch"``
-            or ``"onnx"`` (:func:`anomaly.export.select_scorer`); ``predict_runtime`` in the
+            or ``"onnx"`` (:func:`anomaly.inference.select_scorer`); ``predict_runtime`` in the
             metrics says which one ``predict_ms_per_image`` timed.
     """
-    from anomaly.export import select_scorer
-
     run = load_run(run_dir, device=device)
     cfg = run.config
     test_data = F.run_data(cfg, cfg["val_fraction"], data=data)
@@ -222,81 +203,6 @@ def rethreshold_run(run_dir: str | Path, target_frr: float, estimator: str = DEF
                                         pixel=metrics.get("has_masks", True)))
     E.write_metrics(run_dir, metrics)
     return {"threshold": decision, "metrics": metrics}
-
-
-def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
-    """Load a run folder written by :func:`fit_run`, checking every file it reads.
-
-    Raises:
-        FileNotFoundError: no such folder.
-        anomaly.runs.RunFolderError: an incomplete or stale folder, or a malformed file (named).
-    """
-    run_dir = Path(run_dir)
-    marker = check_run_dir(run_dir)
-    detector = Detector.load(run_dir, device=resolve_device(device))
-    config = read_config(run_dir, detector.name)
-    metrics = read_metrics(run_dir, marker)
-    pixel = read_dict(run_dir / "threshold.json").get("pixel_threshold")
-    return Run(run_dir, detector, config, read_threshold(run_dir), metrics, marker["model_sha256"],
-               float(pixel) if isinstance(pixel, (int, float)) and np.isfinite(pixel) else None)
-
-
-def predict_paths(run: Run, paths: Sequence[str | Path], heatmap_dir: str | Path | None = None,
-                  scorer: Any = None) -> list[dict]:
-    """Score image files one by one (with ``scorer``, default the detector); optionally write heatmap PNGs.
-
-    The records of :func:`iter_predictions`, as a list.
-    """
-    return list(iter_predictions(run, paths, heatmap_dir, scorer))
-
-
-def iter_predictions(run: Run, paths: Sequence[str | Path], heatmap_dir: str | Path | None = None,
-                     scorer: Any = None) -> Iterator[dict]:
-    """One record per image (path, score, is_anomalous, heatmap, regions), as each is scored.
-
-    ``path`` and ``heatmap`` are :func:`anomaly.utils.printable` (a non-UTF-8 file name as ``\\xNN``).
-
-    Raises:
-        ValueError: an image that cannot be decoded, or a non-finite score (named).
-    """
-    from anomaly.utils import printable
-    from anomaly.viz import save_heatmap_png
-
-    scorer = run.detector if scorer is None else scorer
-    for path in paths:
-        image = read_image(path)[None]  # (1, 3, H, W) at the file's resolution
-        out = scorer.predict(image)
-        score = float(out.image_scores[0])
-        if not np.isfinite(score):
-            raise ValueError(f"{printable(str(path))}: the model produced a non-finite score ({score})")
-        record = {"path": printable(str(path)), "score": score, "is_anomalous": bool(score >= run.threshold),
-                  "heatmap": None, "regions": regions_of(run, out.anomaly_maps[0])}
-        if heatmap_dir is not None:
-            from anomaly.inspection import heatmap_name
-
-            target = Path(heatmap_dir) / heatmap_name(path)  # same-named files in other folders do not collide
-            save_heatmap_png(image[0], out.anomaly_maps[0], target, **display_range(run))
-            record["heatmap"] = printable(str(target))
-        yield record
-
-
-def regions_of(run: Run, anomaly_map: np.ndarray) -> list[dict]:
-    """Defect regions of one (H, W) map at the run's pixel threshold (bboxes in the map's = input's pixels)."""
-    return [] if run.pixel_threshold is None else find_regions(anomaly_map, run.pixel_threshold)
-
-
-def display_range(run: Run | str | Path) -> dict[str, float | None]:
-    """Heatmap colour range of a run (or run folder) from good calibration maps: low = median map value,
-    high = their maximum; both ``None`` (each map its own range) when the run recorded no map quantiles."""
-    q = C.map_summary(C.read_calibration(getattr(run, "run_dir", run)))
-    if q is None:
-        return {"vmin": None, "vmax": None}
-    return {"vmin": float(q["50"]), "vmax": float(max(q["100"], q["50"] + 1e-8))}
-
-
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far, in MiB (Linux ru_maxrss is KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def check_split_sizes(train: Sequence[L.Sample], validation: Sequence[L.Sample], val_fraction: float) -> None:

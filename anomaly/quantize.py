@@ -26,7 +26,13 @@ import torch
 
 from anomaly import dataset as DS
 from anomaly import layout as L
+from anomaly.export import INPUT_NAME, OnnxScorer, load_onnx_scorer
 from anomaly.folders import run_data
+from anomaly.inference import load_run
+from anomaly.dataset import make_loader
+from anomaly.evaluation import ranking_metrics
+from anomaly.pipeline import predict_loader
+from anomaly.uncertainty import uncertainty_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +61,6 @@ def quantize_run(run: Any, mode: str = "dynamic", n_calibration: int = 32) -> Pa
     """Write ``RUN_DIR/model.int8-{mode}.onnx`` from the run's float graph (exported first if needed)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
-    from anomaly.export import INPUT_NAME, load_onnx_scorer
 
     if mode not in MODES:
         raise ValueError(f"unknown quantisation {mode!r}; choose one of {', '.join(MODES)}")
@@ -83,12 +88,6 @@ def compare_int8(run_dir: str | Path, mode: str = "dynamic", repeats: int = 20, 
         ``{"mode", "float": {...}, "int8": {...}, "parity": {...}, "within_intervals": bool, "faster": bool}``
         where each runtime entry holds image/pixel AUROC, AUPRO (with ``*_ci``) and ``ms_p50``.
     """
-    from anomaly.dataset import make_loader
-    from anomaly.evaluation import ranking_metrics
-    from anomaly.export import OnnxScorer, load_onnx_scorer
-    from anomaly.pipeline import load_run, predict_loader
-    from anomaly.uncertainty import uncertainty_metrics
-
     run = load_run(run_dir)
     scorers = {"float": load_onnx_scorer(run, threads=threads),
                "int8": OnnxScorer(quantize_run(run, mode), run.image_size, threads=threads)}

@@ -8,8 +8,8 @@ so the batches -- and therefore the scores -- are exactly the local engine's.
 
 **How the run reaches the workers: through the object store** (:func:`run_payload`). The driver
 checks the run and chooses the runtime; the scorers receive the ONNX graph (a few MB) and the
-decision (:class:`ScoringRun`: threshold, pixel threshold, image size) -- or, for PyTorch, the run's
-files, loaded on the worker with every check of :func:`anomaly.pipeline.load_run` -- and delete
+decision (:class:`anomaly.inference.Decision`: threshold, pixel threshold) -- or, for PyTorch, the run's
+files, loaded on the worker with every check of :func:`anomaly.inference.load_run` -- and delete
 their private copy once loaded. Nothing is written into a run folder on a worker.
 """
 
@@ -17,35 +17,25 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from anomaly.export import ONNX_FILE, OnnxScorer
+from anomaly.inference import Decision, Run, load_run, set_torch_threads
 from anomaly.inspection import batched, decode_batch, score_batch
+from anomaly.memory import peak_rss_mib
+from anomaly.runs import MARKER, check_run_dir
 
 SKIPPED_FILES = ("predictions.npz", "metrics.json")  # not needed to score: never shipped to the workers
 
 
-@dataclass(frozen=True)
-class ScoringRun:
-    """What a scorer needs of the run beside the scorer itself: the decision read from the checked run."""
-
-    image_size: int
-    threshold: float
-    pixel_threshold: float | None
-
-
-def run_payload(run: Any, runtime: str) -> dict[str, bytes]:
+def run_payload(run: Run, runtime: str) -> dict[str, bytes]:
     """The bytes a scorer needs: the ONNX graph (``"onnx"``), or the files the run's marker lists (``"torch"``)."""
-    from anomaly.export import ONNX_FILE
-    from anomaly.runs import MARKER, check_run_dir
-
     names = [ONNX_FILE] if runtime == "onnx" else [*check_run_dir(run.run_dir)["files"], MARKER]
     return {name: (run.run_dir / name).read_bytes() for name in dict.fromkeys(names) if name not in SKIPPED_FILES}
 
@@ -81,11 +71,9 @@ class RunScorer:
         colours, heatmap_dir: heatmaps as the local engine writes them (``heatmap_dir`` on a shared path).
     """
 
-    def __init__(self, payload: list, decision: ScoringRun, runtime: str, threads: int, device: str,
+    def __init__(self, payload: list, decision: Decision, image_size: int, runtime: str, threads: int, device: str,
                  batch_size: int, colours: dict[str, float], heatmap_dir: str | None) -> None:
-        import ray
-
-        from anomaly.export import ONNX_FILE, OnnxScorer, set_torch_threads
+        import ray  # deferred: ray is imported on the workers only
 
         set_torch_threads(threads)
         folder = Path(tempfile.mkdtemp(prefix="anomaly-run-"))
@@ -93,30 +81,30 @@ class RunScorer:
             for name, data in ray.get(payload[0]).items():
                 (folder / name).write_bytes(data)
             if runtime == "onnx":
-                self.run, self.scorer = decision, OnnxScorer(folder / ONNX_FILE, decision.image_size, threads)
+                self.scorer = OnnxScorer(folder / ONNX_FILE, image_size, threads)
             else:
-                from anomaly.pipeline import load_run
-
-                self.run = load_run(folder, device=device)  # checks the marker and the SHA-256 of model.pt
-                self.scorer = self.run.detector
+                run = load_run(folder, device=device)  # checks the marker and the SHA-256 of model.pt
+                decision, self.scorer = run.decision, run.detector
         finally:
             shutil.rmtree(folder, ignore_errors=True)  # loaded: the copy is not needed any more
+        self.decision, self.image_size = decision, image_size
         self.batch_size, self.colours, self.heatmap_dir = batch_size, colours, heatmap_dir
         self.peak_private_mib = 0.0
 
     def __call__(self, block: dict[str, Any]) -> dict[str, Any]:
-        size = self.run.image_size
+        size = self.image_size
         images = iter(torch.from_numpy(np.frombuffer(block["images"], np.float32).reshape(-1, 3, size, size).copy()))
         values = []
         for chunk in batched(json.loads(block["meta"]), self.batch_size):
             rows = [{"path": Path(os.fsdecode(bytes.fromhex(path))), "score": "", "is_anomalous": "", "regions": "",
                      "error": error, "_hw": hw} for path, error, hw in chunk]
             batch = [next(images) for row in rows if not row["error"]]  # (3, S, S) each
-            rows = score_batch(self.run, self.scorer, rows, batch, self.heatmap_dir, self.colours)
-            values += [[r["score"], r["is_anomalous"], r["regions"], r["error"]] for r in rows]
+            for prediction in score_batch(self.decision, self.scorer, rows, batch, self.heatmap_dir, self.colours):
+                row = prediction.csv_row()
+                values.append([row["score"], row["is_anomalous"], row["regions"], row["error"]])
         self.peak_private_mib = max(self.peak_private_mib, private_mib())
         return {"block": block["block"], "values": json.dumps(values), "pid": os.getpid(),
-                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+                "peak_rss_mib": peak_rss_mib(),
                 "peak_private_mib": self.peak_private_mib}
 
 

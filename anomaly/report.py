@@ -23,7 +23,8 @@ from typing import Any, Iterator, Sequence
 
 import papermill
 
-from anomaly import course
+from anomaly import course, evidence, exercises, offline_html, pairwise, seeds, synthetic, viz
+from anomaly.run_results import comparison_examples, load_results
 
 logger = logging.getLogger(__name__)
 
@@ -127,9 +128,7 @@ def run_jobs(jobs: Sequence[Job], out_dir: Path, export: bool = True) -> None:
 
 def write_student_version(out_dir: Path, notebooks: Sequence[str] | None = None) -> list[Path]:
     """The student version of the notebooks in ``out_dir``: exercise solutions blank, no outputs, nothing run."""
-    from anomaly.exercises import write_student_version as write
-
-    return write(select_notebooks(notebooks), out_dir)
+    return exercises.write_student_version(select_notebooks(notebooks), out_dir)
 
 
 def source_checkout() -> Path | None:
@@ -222,9 +221,7 @@ def check_parameter(spec: dict[str, Any], value: Any) -> None:
 
 def export_html(notebook: Path) -> Path:
     """Write ``notebook`` as HTML next to it: figures embedded, maths pre-rendered to MathML (reads offline)."""
-    from anomaly.offline_html import export_html as offline_export
-
-    return offline_export(notebook)
+    return offline_html.export_html(notebook)
 
 
 def write_index(out_dir: Path, runs_dir: Path, jobs: Sequence[Job], about: str) -> Path:
@@ -266,9 +263,6 @@ def _machine_note(out_dir: Path) -> str:
 
 def _evidence_html(run_dirs: Sequence[Path], out_dir: Path) -> str:
     """The answer, the comparison figure, a row of example heatmaps per method and the table, as HTML."""
-    from anomaly import evidence, pairwise, seeds, viz
-    from anomaly.run_results import comparison_examples, load_results
-
     results = [load_results(d) for d in run_dirs]
     trained = {r.method: [load_results(d) for d in seeds.seed_runs(r.run_dir)] for r in results}
     trained = {m: runs for m, runs in trained.items() if len(runs) > 1}
@@ -337,14 +331,12 @@ def _quiet(*names: str) -> Iterator[None]:
 
 
 def _ensure_synthetic(root: Path, category: str) -> Path:
-    from anomaly.synthetic import ALL_CATEGORIES as CATEGORIES
-    from anomaly.synthetic import generate_dataset
-
     if not (root / category).is_dir():
-        if category not in CATEGORIES:
-            raise ValueError(f"category {category!r} is not synthetic; choose one of {', '.join(CATEGORIES)}")
+        if category not in synthetic.ALL_CATEGORIES:
+            raise ValueError(f"category {category!r} is not synthetic; choose one of "
+                             f"{', '.join(synthetic.ALL_CATEGORIES)}")
         logger.info("generating the synthetic data set in %s", root)
-        generate_dataset(root, categories=(category,))
+        synthetic.generate_dataset(root, categories=(category,))
     return root
 
 

@@ -21,6 +21,7 @@ from anomaly import metrics as M
 from anomaly.calibration import read_calibration
 from anomaly.exploration import examples, load_samples
 from anomaly.folders import run_data
+from anomaly.inference import display_range, load_run
 from anomaly.runs import (RunFolderError, check_run_dir, read_dict, read_metrics, read_predictions,
                           read_threshold)
 from anomaly.utils import read_json
@@ -64,15 +65,13 @@ class RunResults:
 
 
 def load_results(run_dir: str | Path) -> RunResults:
-    """Read an evaluated run through the same checked readers as :func:`anomaly.pipeline.load_run`.
+    """Read an evaluated run through the same checked readers as :func:`anomaly.inference.load_run`.
 
     Raises:
         FileNotFoundError: no such folder.
         anomaly.runs.RunFolderError: an incomplete folder, a run not evaluated (or evaluated with another
             model), or a malformed file (named).
     """
-    from anomaly.pipeline import display_range
-
     run_dir = Path(run_dir)
     marker = check_run_dir(run_dir)
     metrics = read_metrics(run_dir, marker)
@@ -173,8 +172,6 @@ def reconstruction_examples(run_dir: str | Path, n: int = 4, device: str = "cpu"
         dict(images (K,3,S,S), reconstructions (K,3,S,S), anomaly_maps (K,S,S), gt_masks (K,S,S), titles,
         vmin, vmax) for :func:`anomaly.viz.triptych`.
     """
-    from anomaly.pipeline import display_range, load_run
-
     run = load_run(run_dir, device=device)
     if not hasattr(run.detector, "reconstruct"):
         raise ValueError(f"{run_dir} is a {run.config['method']} run; reconstructions need an autoencoder run")

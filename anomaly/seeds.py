@@ -22,6 +22,7 @@ import pandas as pd
 
 from anomaly.config import RunConfig
 from anomaly.models import BASELINES, TRAINED
+from anomaly.pipeline import evaluate_run, fit_run
 from anomaly.runs import is_evaluated
 from anomaly.utils import read_json, write_json
 
@@ -46,8 +47,6 @@ def fit_seeds(config: RunConfig, run_dir: str | Path, seeds: int) -> list[Path]:
     Returns:
         The run folders, ``run_dir`` first.
     """
-    from anomaly.pipeline import fit_run
-
     run_dir = Path(run_dir)
     dirs = [run_dir]
     if config.method in TRAINED:
@@ -88,8 +87,6 @@ def _config(run_dir: Path) -> dict[str, Any]:
 
 def evaluate_seeds(run_dir: str | Path, device: str = "auto") -> list[Path]:
     """Evaluate every seed run of ``run_dir`` that has no current ``metrics.json``; returns all of them."""
-    from anomaly.pipeline import evaluate_run
-
     runs = seed_runs(run_dir)
     for other in runs:
         if not is_evaluated(other):

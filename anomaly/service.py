@@ -1,6 +1,6 @@
 """HTTP scoring service for one trained run (``anomaly serve``).
 
-:func:`create_app` loads a run folder once (:func:`anomaly.pipeline.load_run`) and returns a
+:func:`create_app` loads a run folder once (:func:`anomaly.inference.load_run`) and returns a
 FastAPI app with ``GET /health``, ``GET /model``, ``POST /predict`` (multipart field ``file``),
 ``POST /predict/batch`` (multipart field ``files``), the inspection page at ``GET /`` and offline
 OpenAPI docs at ``GET /docs`` (:mod:`anomaly.web`); with an ``api_key``, every endpoint but
@@ -10,47 +10,48 @@ one defensive decoder (:func:`anomaly.decoding.decode_with_hw`: a format allow-l
 aspect caps, a per-process budget of pixels decoded at once, cheap PIL reduction of huge images,
 EXIF orientation, no NaN pixels), resized to the model's input size as the evaluation
 pipeline does, and scored with the exported ONNX graph run by onnxruntime when it passes the
-parity check (``runtime="auto"``, the default of ``anomaly serve``), else with PyTorch. Scoring endpoints are plain ``def`` functions, so FastAPI runs
+parity check (``runtime="auto"``, the default of ``anomaly serve``), else with PyTorch, into the
+verdicts every consumer gets (:func:`anomaly.inference.predict_images`). Scoring endpoints are plain ``def`` functions, so FastAPI runs
 them in its thread pool; the app keeps no mutable per-request state, so concurrent requests get
 independent results. Bad input gets a 4xx JSON answer with a clear ``detail``:
 oversize body 413, too many pixels or too long an image 413, undecodable image 415, empty or corrupt
 image 422, missing field 422; a request whose ``Host`` header is not an allowed host name gets 400
-(DNS-rebinding guard).
+(DNS-rebinding guard). :func:`create_app_from_env` is the app factory ``anomaly serve --workers N``
+hands to uvicorn: each worker process builds its own app from the ``ANOMALY_*`` variables.
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import json
 import logging
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from fastapi import FastAPI, File, Form, HTTPException, UploadFile
+from PIL import Image
 from pydantic import BaseModel
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from anomaly.decoding import ImageDecodeError, decode_image, decode_with_hw  # the one defensive decoder
-from anomaly.geometry import Letterbox
 from anomaly.http_guards import LOOPBACK_HOSTS, BodyLimitMiddleware, SecurityHeadersMiddleware
-from anomaly.models import Prediction
-from anomaly.utils import read_json
+from anomaly.inference import (RUNTIMES, Decision, ImagePrediction, Scorer, display_range, load_run,  # noqa: F401
+                               predict_images, select_scorer)
+from anomaly.memory import limit_allocator
+from anomaly.regions import defect_mask
+from anomaly.viz import heatmap_rgb
+from anomaly.web import ENV_SETTINGS, ApiKeyMiddleware, add_page_and_docs, api_key_from, check_api_key
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 2**20
 MAX_BATCH_FILES = 32
-RUNTIMES = ("auto", "torch", "onnx")
-
-
-class Scorer(Protocol):
-    """Anything that maps (B, 3, S, S) images in [0, 1] to a :class:`Prediction`."""
-
-    def predict(self, images: torch.Tensor) -> Prediction: ...
 
 
 class PredictResponse(BaseModel):
@@ -76,10 +77,9 @@ class _Service:
     scorer: Scorer
     info: dict[str, Any]
     image_size: int
-    threshold: float
+    decision: Decision  # threshold, pixel threshold (None: no defect regions)
     vmin: float | None  # heatmap colour range from validation good maps (None: per image)
     vmax: float | None
-    pixel_threshold: float | None = None  # defect regions (None: the run has none)
 
 
 def create_app(run_dir: str | Path, runtime: str = "torch", max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
@@ -89,7 +89,7 @@ def create_app(run_dir: str | Path, runtime: str = "torch", max_upload_bytes: in
     Args:
         run_dir: a run folder written by :func:`anomaly.pipeline.fit_run`.
         runtime: ``"auto"`` (onnxruntime when the exported graph passes the parity check, else the
-            detector, :func:`anomaly.export.select_scorer`; the default of ``anomaly serve``),
+            detector, :func:`anomaly.inference.select_scorer`; the default of ``anomaly serve``),
             ``"torch"`` (the detector itself) or ``"onnx"`` (``model.onnx`` in the run folder,
             exported on the fly when missing).
         max_upload_bytes: largest request body accepted; larger ones get 413.
@@ -106,8 +106,6 @@ def create_app(run_dir: str | Path, runtime: str = "torch", max_upload_bytes: in
         raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     if max_upload_bytes < 1:
         raise ValueError(f"max_upload_bytes must be >= 1, got {max_upload_bytes}")
-    from anomaly.web import ApiKeyMiddleware, add_page_and_docs, check_api_key
-
     service = _load_service(Path(run_dir), runtime, threads)
     _warm_up(service)
     app = FastAPI(title="anomaly", version="0.1.0", docs_url=None, redoc_url=None,
@@ -141,33 +139,30 @@ def create_app(run_dir: str | Path, runtime: str = "torch", max_upload_bytes: in
     return app
 
 
+def create_app_from_env() -> FastAPI:
+    """App factory for uvicorn's ``--workers``: :func:`create_app` with the settings in ``ANOMALY_*`` variables
+    (:func:`anomaly.web.settings_to_env`)."""
+    limit_allocator()  # also set through the inherited MALLOC_* variables; mallopt makes it certain
+    kwargs = {name: json.loads(os.environ[var]) for name, var in ENV_SETTINGS.items() if var in os.environ}
+    if "run_dir" not in kwargs:
+        raise ValueError(f"{ENV_SETTINGS['run_dir']} is not set")
+    return create_app(api_key=api_key_from(None), **kwargs)
+
+
 def _load_service(run_dir: Path, runtime: str, threads: int) -> _Service:
-    from anomaly.pipeline import display_range, load_run
-
     run = load_run(run_dir, device="cpu")
-    from anomaly.export import select_scorer
-
     scorer, runtime = select_scorer(run, runtime, threads=threads)  # "auto" resolved to what runs
     rng = display_range(run)  # both None without calibration map quantiles: per-image range
     info = {"method": run.config.get("method", run.detector.name), "category": run.config.get("category"),
             "image_size": run.image_size, "threshold": run.threshold, "runtime": runtime, "metrics": run.metrics,
-            "decision": _decision(run_dir), "heatmap_range": rng}
+            "decision": run.decision.fields, "heatmap_range": rng}
     info = _json_safe(info)
     logger.info("serving %s (%s, %d px) with %s", run_dir, info["method"], run.image_size, runtime)
-    return _Service(scorer, info, run.image_size, run.threshold, rng["vmin"], rng["vmax"], run.pixel_threshold)
-
-
-def _decision(run_dir: Path) -> dict[str, Any]:
-    """How the threshold was set: the scalar fields of ``threshold.json`` (target FRR, estimator, n scores, ...)."""
-
-    record = read_json(run_dir / "threshold.json")
-    return {k: v for k, v in record.items() if v is None or isinstance(v, (bool, int, float, str))}
+    return _Service(scorer, info, run.image_size, run.decision, rng["vmin"], rng["vmax"])
 
 
 def _warm_up(service: _Service) -> None:
     """One decode, prediction and heatmap at load (lazy imports, first-run allocations), so the first upload is fast."""
-    from PIL import Image
-
     buffer = io.BytesIO()
     Image.new("RGB", (8, 8)).save(buffer, format="PNG")
     image = decode_image(buffer.getvalue(), service.image_size)  # (3, S, S)
@@ -185,37 +180,26 @@ def _score_uploads(service: _Service, files: list[UploadFile], mask: bool = Fals
             raise HTTPException(err.status_code, f"{upload.filename or f'file #{i}'}: {err}") from err
         images.append(image)
         sizes.append(hw)
-    out = service.scorer.predict(torch.stack(images))  # scores (B,), maps (B, S, S)
-    return [PredictResponse(score=_finite(score), is_anomalous=bool(score >= service.threshold),
-                            threshold=service.threshold, filename=upload.filename,
-                            heatmap_png_base64=_heatmap_base64(*_image_area(image, amap, hw), service),
-                            **_regions(amap, hw, service, mask))
-            for upload, image, score, amap, hw in zip(files, images, out.image_scores.tolist(), out.anomaly_maps, sizes)]
+    predictions = predict_images(service.decision, service.scorer, torch.stack(images),
+                                 [upload.filename or f"file #{i}" for i, upload in enumerate(files)], sizes=sizes)
+    return [PredictResponse(score=_finite(p.score), is_anomalous=bool(p.is_anomalous),
+                            threshold=service.decision.threshold, filename=upload.filename,
+                            heatmap_png_base64=_heatmap_base64(p.image, p.anomaly_map, service),
+                            **_regions(p, service, mask))
+            for upload, p in zip(files, predictions)]
 
 
-def _image_area(image: torch.Tensor, amap: np.ndarray, hw: tuple[int, int]) -> tuple[torch.Tensor, np.ndarray]:
-    """The image (3, h, w) and map (h, w) of an upload's area on the letterboxed (S, S) canvas (no pad)."""
-    box = Letterbox(hw[0], hw[1], amap.shape[-1])
-    return box.crop(image), box.crop(amap)
-
-
-def _regions(amap: np.ndarray, hw: tuple[int, int], service: _Service, mask: bool) -> dict[str, Any]:
+def _regions(prediction: ImagePrediction, service: _Service, mask: bool) -> dict[str, Any]:
     """``regions`` in the upload's pixels and, when asked, the binary mask of the upload's area on the
     canvas (S, S for a square upload; aspect kept, long side S, otherwise) as a base64 PNG."""
-    from anomaly.regions import defect_mask, find_regions, scale_regions
-
-    if service.pixel_threshold is None:
+    if prediction.regions is None:
         return {}
-    box = Letterbox(hw[0], hw[1], amap.shape[-1])
-    amap = box.crop(amap)  # (h, w): the pad is never a region
-    regions = scale_regions(find_regions(amap, service.pixel_threshold), amap.shape, hw)
     if not mask:
-        return {"regions": regions}
-    from PIL import Image
-
+        return {"regions": prediction.regions}
     buffer = io.BytesIO()
-    Image.fromarray(defect_mask(amap, service.pixel_threshold).astype(np.uint8) * 255).save(buffer, format="PNG")
-    return {"regions": regions, "mask_png_base64": base64.b64encode(buffer.getvalue()).decode("ascii")}
+    binary = defect_mask(prediction.anomaly_map, service.decision.pixel_threshold)  # (h, w): the upload's area
+    Image.fromarray(binary.astype(np.uint8) * 255).save(buffer, format="PNG")
+    return {"regions": prediction.regions, "mask_png_base64": base64.b64encode(buffer.getvalue()).decode("ascii")}
 
 
 def _heatmap_base64(image: torch.Tensor, anomaly_map: np.ndarray, service: _Service) -> str:
@@ -223,10 +207,6 @@ def _heatmap_base64(image: torch.Tensor, anomaly_map: np.ndarray, service: _Serv
 
     zlib level 1: a third of level 6's CPU time for ~20 % more bytes, which matters at 2 cores.
     """
-    from PIL import Image
-
-    from anomaly.viz import heatmap_rgb
-
     buffer = io.BytesIO()
     Image.fromarray(heatmap_rgb(image, anomaly_map, vmin=service.vmin, vmax=service.vmax)).save(
         buffer, format="PNG", compress_level=1)

@@ -16,8 +16,11 @@ import numpy as np
 import pandas as pd
 
 from anomaly import bootstrap as B
+from anomaly import dataset as DS
+from anomaly import layout as L
 from anomaly import metrics as M
 from anomaly.rates import wilson_interval
+from anomaly.utils import read_json
 
 COLUMNS = ["method", "defect area", "area_from", "n", "recall", "recall_lo", "recall_hi", "auroc", "auroc_lo",
            "auroc_hi"]
@@ -32,9 +35,6 @@ def original_areas(result: Any) -> np.ndarray:
     run_dir = getattr(result, "run_dir", None)
     if run_dir is None or not (Path(run_dir) / "config.json").is_file():
         return np.asarray(p["gt_masks"]).reshape(len(p["labels"]), -1).astype(bool).mean(1)
-    from anomaly import layout as L
-    from anomaly import dataset as DS
-    from anomaly.utils import read_json
 
     cfg = read_json(Path(run_dir) / "config.json")
     test = L.load_splits(cfg["data"], cfg["category"], val_fraction=cfg["val_fraction"], seed=cfg["seed"]).test

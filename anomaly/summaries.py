@@ -14,7 +14,11 @@ import pandas as pd
 import torch
 
 from anomaly.calibration import read_calibration
+from anomaly.evidence import precision_of
+from anomaly.pairwise import verdict
 from anomaly.run_results import RunResults, fitted_state_table
+from anomaly.runs import is_evaluated
+from anomaly.seeds import seed_runs
 from anomaly.utils import read_json
 from anomaly.wording import fmt, fmt_ci, plural
 
@@ -24,8 +28,6 @@ _NAMES = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "
 
 def summarise_metrics(metrics: dict[str, Any]) -> str:
     """Markdown conclusions written from one run's ``metrics.json`` (no typed-in numbers)."""
-    from anomaly.evidence import precision_of
-
     m = metrics
     auroc = m["image_auroc"]
     ci = m.get("image_auroc_ci") or [np.nan, np.nan]
@@ -62,8 +64,6 @@ def summarise_metrics(metrics: dict[str, Any]) -> str:
 def summarise_comparison(table: pd.DataFrame, margins: dict[str, Any] | None = None) -> str:
     """Markdown: each method's margin over the best baseline (with its paired interval and, for a trained method,
     its verdict over seeds), the flag-all F1, the best method per metric, and speed at each method's input size."""
-    from anomaly.pairwise import verdict
-
     lines = []
     for method, margin in (margins or {}).items():
         parts = [f"{_NAMES.get(key, key)} {fmt_ci(m['margin'], m['ci'], signed=True)}: {verdict(m)}"
@@ -228,9 +228,6 @@ def _feature_lines(config: dict[str, Any], state: pd.DataFrame, n_train: int) ->
 
 def cases_over_seeds(run_dir: str | Path) -> str:
     """Markdown: caught defects and false rejects of every evaluated training seed of ``run_dir`` (one seed: empty)."""
-    from anomaly.runs import is_evaluated
-    from anomaly.seeds import seed_runs
-
     records = [read_json(Path(d) / "metrics.json") for d in seed_runs(run_dir) if is_evaluated(d)]
     if len(records) < 2:
         return ""

@@ -14,6 +14,8 @@ Results go to ``DIR/throughput.json`` and ``DIR/throughput.md``.
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import logging
 import os
@@ -26,8 +28,15 @@ from typing import Any
 
 import numpy as np
 
+from anomaly.config import RunConfig
+from anomaly.inference import load_run, select_scorer, set_torch_threads
+from anomaly.inspection import batched, decode_batch, list_images, score_batch
+from anomaly.pipeline import fit_run
+from anomaly.ray_cluster import loopback_cluster
 from anomaly.results_parquet import read_results
 from anomaly.tables import markdown_table
+from anomaly.runs import MARKER
+from anomaly.synthetic import generate_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -36,11 +45,6 @@ CATEGORY = "screw_like"
 
 def prepare(out: Path, n_images: int = 2000) -> tuple[Path, Path]:
     """The run folder and the image folder under ``out`` (made when missing)."""
-    from anomaly.config import RunConfig
-    from anomaly.pipeline import fit_run
-    from anomaly.runs import MARKER
-    from anomaly.synthetic import generate_dataset
-
     data, run, images = out / "data", out / "run", out / "images"
     if not (data / CATEGORY).is_dir():
         generate_dataset(data, seed=0, image_size=256, n_train=60, n_test_good=40, n_per_defect=15,
@@ -88,13 +92,6 @@ def stage_costs(run_dir: Path, images: Path, batch_size: int = 8, n: int = 200) 
     listing (µs per file: walking the 2,000), decoding and scoring (ms per image, onnxruntime with one
     thread, batches of ``batch_size``, over the first ``n`` images) and writing (µs per CSV row).
     """
-    import csv
-    import io
-
-    from anomaly.export import select_scorer, set_torch_threads
-    from anomaly.inspection import batched, decode_batch, list_images, score_batch
-    from anomaly.pipeline import load_run
-
     set_torch_threads(1)
     start = time.perf_counter()
     paths = list_images([images])
@@ -107,7 +104,7 @@ def stage_costs(run_dir: Path, images: Path, batch_size: int = 8, n: int = 200) 
         start = time.perf_counter()
         rows, decoded = decode_batch(chunk, run.image_size)
         middle = time.perf_counter()
-        rows_out += score_batch(run, scorer, rows, decoded, None, {})
+        rows_out += [p.csv_row() for p in score_batch(run.decision, scorer, rows, decoded)]
         decode, score = decode + middle - start, score + time.perf_counter() - middle
     start = time.perf_counter()
     writer = csv.writer(io.StringIO())
@@ -120,8 +117,6 @@ def stage_costs(run_dir: Path, images: Path, batch_size: int = 8, n: int = 200) 
 
 
 def run_all(out: Path, n_images: int = 2000, cluster: bool = True) -> list[dict[str, Any]]:
-    from anomaly.ray_cluster import loopback_cluster
-
     run, images = prepare(out, n_images)
     root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}

@@ -7,9 +7,9 @@ style, no external URL) at ``/`` and Swagger UI at ``/docs`` from the three asse
 pages carry a Content-Security-Policy that allows exactly their inline script and style (by SHA-256)
 and the app's own origin, and forbids framing (:func:`content_security_policy`). :class:`ApiKeyMiddleware`
 answers 401 to every request without the right ``X-API-Key`` header, compared in constant time,
-except the open paths (``/health``, the page, the docs' static assets). :func:`create_app_from_env`
-is the app factory that ``anomaly serve --workers N`` hands to uvicorn: each worker process builds
-its own app (loading the run once) from ``ANOMALY_*`` environment variables.
+except the open paths (``/health``, the page, the docs' static assets). :func:`settings_to_env` writes
+the ``ANOMALY_*`` environment variables from which each worker process of ``anomaly serve --workers N``
+builds its own app (:func:`anomaly.service.create_app_from_env`).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ DOCS_FILES = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text
               "favicon-32x32.png": "image/png"}  # all that /docs loads
 MIN_KEY_CHARS = 16
 MAX_KEY_FILE_BYTES = 4096
-# what `anomaly serve` passes to each worker process (see create_app_from_env)
+# what `anomaly serve` passes to each worker process (see anomaly.service.create_app_from_env)
 ENV_SETTINGS = {"run_dir": "ANOMALY_RUN_DIR", "runtime": "ANOMALY_RUNTIME",
                 "max_upload_bytes": "ANOMALY_MAX_UPLOAD_BYTES", "threads": "ANOMALY_THREADS",
                 "allowed_hosts": "ANOMALY_ALLOWED_HOSTS"}
@@ -156,20 +156,9 @@ class ApiKeyMiddleware:
 
 
 def settings_to_env(**settings: Any) -> dict[str, str]:
-    """``create_app`` keyword arguments -> the ``ANOMALY_*`` variables :func:`create_app_from_env` reads."""
+    """``create_app`` keyword arguments -> the ``ANOMALY_*`` variables :func:`anomaly.service.create_app_from_env`
+    reads."""
     unknown = set(settings) - set(ENV_SETTINGS)
     if unknown:
         raise ValueError(f"unknown service settings {sorted(unknown)}")
     return {ENV_SETTINGS[name]: json.dumps(value) for name, value in settings.items() if value is not None}
-
-
-def create_app_from_env() -> FastAPI:
-    """App factory for uvicorn's ``--workers``: ``create_app`` with the settings in ``ANOMALY_*`` variables."""
-    from anomaly.memory import limit_allocator
-    from anomaly.service import create_app
-
-    limit_allocator()  # also set through the inherited MALLOC_* variables; mallopt makes it certain
-    kwargs = {name: json.loads(os.environ[var]) for name, var in ENV_SETTINGS.items() if var in os.environ}
-    if "run_dir" not in kwargs:
-        raise ValueError(f"{ENV_SETTINGS['run_dir']} is not set")
-    return create_app(api_key=api_key_from(None), **kwargs)

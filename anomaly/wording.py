@@ -19,6 +19,8 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from anomaly.calibration import read_calibration
+from anomaly.runs import read_dict
 from anomaly.thresholds import conformal_rank, min_scores_for
 
 UNDEFINED = "undefined"
@@ -135,9 +137,6 @@ def calibration_text(run_dir: str | Path, metrics: dict[str, Any], defect_rate: 
 
     Reads ``threshold.json`` and ``calibration.json`` of ``run_dir``; ``metrics`` is its ``metrics.json``.
     """
-    from anomaly.calibration import read_calibration
-    from anomaly.runs import read_dict
-
     thr = read_dict(Path(run_dir) / "threshold.json", ("threshold",))
     calibration = read_calibration(run_dir)
     scores, n = calibration["scores"], calibration["n_scores"]

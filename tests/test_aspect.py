@@ -16,7 +16,8 @@ from anomaly import layout as L
 from anomaly.evaluation import image_area_only
 from anomaly.geometry import Letterbox, letterbox_batch, maps_to_input
 from anomaly.models.postprocess import resize_images
-from anomaly.pipeline import load_run, predict_paths, zero_pad
+from anomaly.inference import iter_predictions, load_run
+from anomaly.pipeline import zero_pad
 from anomaly.regions import find_regions
 
 
@@ -118,7 +119,7 @@ def test_predict_maps_a_non_square_file_back_to_its_pixels(patchcore_run, tmp_pa
     expected = maps_to_input(torch.from_numpy(canvas.anomaly_maps), (30, 90), run.image_size).numpy()
     np.testing.assert_allclose(out.anomaly_maps, expected, rtol=1e-4, atol=1e-4)
     assert box.crop(canvas.anomaly_maps).shape == (1, 21, 64)  # 30 x 90 -> 21.3 x 64
-    record = predict_paths(run, [path], heatmap_dir=tmp_path / "heat")[0]
+    record = next(iter_predictions(run, [path], heatmap_dir=tmp_path / "heat")).json_record()
     assert Image.open(record["heatmap"]).size == (90, 30)  # the heatmap is on the input's pixels
     for region in record["regions"]:
         x0, y0, x1, y1 = region["bbox"]

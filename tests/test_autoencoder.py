@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from anomaly.models.autoencoder import AutoencoderConfig, ConvAutoencoder, ssim_map, to_grayscale
+from anomaly.models import load_detector
 from anomaly.models.base import Detector
 
 SIZE = 32
@@ -77,7 +78,7 @@ def test_save_load_gives_identical_predictions(fitted, tmp_path):
     images = torch.rand(3, 3, SIZE, SIZE)
     before = fitted.predict(images)
     fitted.save(tmp_path)
-    loaded = Detector.load(tmp_path)  # dispatches on model.json's method
+    loaded = load_detector(tmp_path)  # dispatches on model.json's method
     assert isinstance(loaded, ConvAutoencoder)
     after = loaded.predict(images)
     np.testing.assert_array_equal(before.image_scores, after.image_scores)

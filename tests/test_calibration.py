@@ -142,7 +142,7 @@ def test_threshold_command_rederives_without_refit(padim_run, capsys):
     metrics = json.loads((padim_run / "metrics.json").read_text())
     assert metrics["target_frr"] == 0.5 and metrics["threshold"] == pytest.approx(after["threshold"])
     assert (padim_run / "model.pt").read_bytes() == model  # no refit
-    from anomaly.pipeline import load_run
+    from anomaly.inference import load_run
 
     assert load_run(padim_run).threshold == pytest.approx(after["threshold"])  # the marker still holds
 
@@ -170,10 +170,10 @@ def test_fit_refuses_a_bad_target_in_python(synthetic_root, tmp_path):
 
 
 def test_predict_returns_regions(padim_run, synthetic_root):
-    from anomaly.pipeline import load_run, predict_paths
+    from anomaly.inference import iter_predictions, load_run
 
     path = sorted((synthetic_root / CATEGORY / "test").glob("[!g]*/*.png"))[0]
-    record = predict_paths(load_run(padim_run), [path])[0]
+    record = next(iter_predictions(load_run(padim_run), [path])).json_record()
     assert isinstance(record["regions"], list)
     for region in record["regions"]:
         x0, y0, x1, y1 = region["bbox"]

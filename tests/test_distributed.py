@@ -24,7 +24,7 @@ import pytest
 from anomaly.cli import main
 from anomaly.inspection import inspect_paths, list_images
 from anomaly.manifest import read_manifest
-from anomaly.pipeline import load_run
+from anomaly.inference import load_run
 from anomaly.ray_cluster import plan_resources
 from anomaly.results_parquet import read_results
 

@@ -17,7 +17,8 @@ from anomaly.export import ONNX_FILE, PARITY_FILE, OnnxScorer, export_graph, exp
 from anomaly.loadtest import latency_markdown, measure_latency
 from anomaly.models import create_detector
 from anomaly.config import RunConfig
-from anomaly.pipeline import fit_run, load_run
+from anomaly.inference import load_run
+from anomaly.pipeline import fit_run
 from anomaly.service import create_app
 
 CATEGORY = "screw_like"
@@ -42,14 +43,14 @@ def run_dir(synthetic_root, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def exported(run_dir) -> dict:
-    return export_run(run_dir)
+    return export_run(load_run(run_dir))
 
 
 @pytest.fixture(scope="module")
 def padim_dir(synthetic_root, tmp_path_factory) -> Path:
     """A tiny PaDiM run (64 px), exported."""
     path = _fit(synthetic_root, tmp_path_factory, "padim")
-    export_run(path)
+    export_run(load_run(path))
     return path
 
 

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from anomaly.cli import main
-from anomaly.pipeline import load_run
+from anomaly.inference import load_run
 from anomaly.results_csv import COLUMNS, ResultsCsvError, read_done, run_fingerprint
 from anomaly.service import create_app
 

@@ -11,8 +11,8 @@ import pytest
 
 from anomaly.cli import main
 from anomaly.dataset import read_image
-from anomaly.inspection import COLUMNS, heatmap_name, inspect_paths, list_images
-from anomaly.pipeline import load_run
+from anomaly.inference import heatmap_name, load_run
+from anomaly.inspection import COLUMNS, inspect_paths, list_images
 
 CATEGORY = "screw_like"
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from anomaly.models import BASELINES, METHODS, Detector, create_detector
+from anomaly.models import BASELINES, METHODS, Detector, create_detector, load_detector
 from anomaly.config import RunConfig
 from anomaly.pipeline import evaluate_run, fit_run
 
@@ -27,7 +27,7 @@ def test_maps_come_back_at_the_input_resolution_and_save_load_is_identical(tmp_p
     images = torch.rand(3, 3, 50, 70)
     det = create_detector("intensity", {"image_size": 32})
     det.save(tmp_path)
-    again = Detector.load(tmp_path)
+    again = load_detector(tmp_path)
     a, b = det.predict(images), again.predict(images)
     assert a.anomaly_maps.shape == (3, 50, 70)
     np.testing.assert_array_equal(a.image_scores, b.image_scores)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from anomaly.models import Detector, create_detector
+from anomaly.models import Detector, create_detector, load_detector
 from anomaly.models.coreset import GreedyCoresetSampler, RandomSampler, coreset_size, lazy_greedy
 from anomaly.models.patchcore import PatchCore, PatchCoreConfig, nearest_neighbours, reweighted_scores
 
@@ -51,7 +51,7 @@ def test_maps_have_the_input_size_and_defects_score_higher(fitted):
 
 def test_save_load_gives_identical_predictions(fitted, tmp_path):
     fitted.save(tmp_path)
-    loaded = Detector.load(tmp_path)
+    loaded = load_detector(tmp_path)
     assert isinstance(loaded, PatchCore) and loaded.config == fitted.config
     images = _textured(2, seed=3)
     a, b = fitted.predict(images), loaded.predict(images)

@@ -30,7 +30,8 @@ from anomaly import decoding
 from anomaly.cli import main
 from anomaly.config import RunConfig
 from anomaly.decoding import ImageDecodeError, decode_image
-from anomaly.pipeline import evaluate_run, fit_run, load_run
+from anomaly.inference import load_run
+from anomaly.pipeline import evaluate_run, fit_run
 from anomaly.runs import MARKER, RunFolderError, check_run_dir, is_evaluated, staged_run_dir
 from anomaly.service import create_app
 

@@ -12,7 +12,8 @@ import pytest
 
 from anomaly.config import RunConfig
 
-from anomaly.pipeline import display_range, evaluate_run, fit_run
+from anomaly.inference import display_range
+from anomaly.pipeline import evaluate_run, fit_run
 from anomaly.run_results import load_results, pick_cases
 from anomaly.runs import RunFolderError
 

@@ -8,7 +8,8 @@ import shutil
 import pytest
 
 from anomaly import export as E
-from anomaly.pipeline import evaluate_run, load_run
+from anomaly.inference import load_run, select_scorer
+from anomaly.pipeline import evaluate_run
 from anomaly.runs import check_run_dir
 
 
@@ -21,7 +22,7 @@ def run(patchcore_run, tmp_path):
 
 
 def test_auto_picks_onnx_when_parity_passes_and_caches_the_graph(run, monkeypatch):
-    scorer, used = E.select_scorer(run, "auto", threads=1)
+    scorer, used = select_scorer(run, "auto", threads=1)
     assert used == "onnx" and isinstance(scorer, E.OnnxScorer)
     assert (run.run_dir / E.ONNX_FILE).is_file() and (run.run_dir / E.PARITY_FILE).is_file()
     check_run_dir(run.run_dir)  # the cached graph does not make the folder incomplete or mixed
@@ -30,7 +31,7 @@ def test_auto_picks_onnx_when_parity_passes_and_caches_the_graph(run, monkeypatc
         raise AssertionError("exported twice")
 
     monkeypatch.setattr(E, "export_onnx", fail)
-    assert E.select_scorer(load_run(run.run_dir), "auto")[1] == "onnx"  # cached: not exported again
+    assert select_scorer(load_run(run.run_dir), "auto")[1] == "onnx"  # cached: not exported again
 
 
 def test_auto_falls_back_to_torch_when_export_fails(run, monkeypatch, caplog):
@@ -38,12 +39,12 @@ def test_auto_falls_back_to_torch_when_export_fails(run, monkeypatch, caplog):
         raise RuntimeError("unsupported operator")
 
     monkeypatch.setattr(E, "export_onnx", broken)
-    with caplog.at_level(logging.WARNING, logger="anomaly.export"):
-        scorer, used = E.select_scorer(run, "auto")
+    with caplog.at_level(logging.WARNING, logger="anomaly.inference"):
+        scorer, used = select_scorer(run, "auto")
     assert used == "torch" and scorer is run.detector
     assert "ONNX export failed" in caplog.text and "unsupported operator" in caplog.text
     with pytest.raises(RuntimeError):  # an explicit onnx choice is not silently replaced
-        E.select_scorer(run, "onnx")
+        select_scorer(run, "onnx")
 
 
 def test_auto_falls_back_to_torch_when_parity_fails(run, monkeypatch, caplog):
@@ -53,24 +54,24 @@ def test_auto_falls_back_to_torch_when_parity_fails(run, monkeypatch, caplog):
         return {**real(*args, **kwargs), "max_rel_diff_maps": 0.5}
 
     monkeypatch.setattr(E, "check_parity", off)
-    with caplog.at_level(logging.WARNING, logger="anomaly.export"):
-        assert E.select_scorer(run, "auto")[1] == "torch"
+    with caplog.at_level(logging.WARNING, logger="anomaly.inference"):
+        assert select_scorer(run, "auto")[1] == "torch"
     assert "parity check failed" in caplog.text and "max_rel_diff_maps" in caplog.text
 
 
 def test_auto_falls_back_for_a_method_without_export(run, monkeypatch, caplog):
     monkeypatch.setattr(E, "EXPORTABLE", ("padim",))
-    with caplog.at_level(logging.INFO, logger="anomaly.export"):
-        assert E.select_scorer(run, "auto")[1] == "torch"
+    with caplog.at_level(logging.INFO, logger="anomaly.inference"):
+        assert select_scorer(run, "auto")[1] == "torch"
     assert "has no ONNX export" in caplog.text
     assert not (run.run_dir / E.ONNX_FILE).exists()
 
 
 def test_explicit_choices_and_unknown_runtime(run):
-    assert E.select_scorer(run, "torch") == (run.detector, "torch")
-    assert E.select_scorer(run, "onnx")[1] == "onnx"
+    assert select_scorer(run, "torch") == (run.detector, "torch")
+    assert select_scorer(run, "onnx")[1] == "onnx"
     with pytest.raises(ValueError, match="unknown runtime"):
-        E.select_scorer(run, "tensorrt")
+        select_scorer(run, "tensorrt")
 
 
 def test_parity_failure_bounds():

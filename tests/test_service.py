@@ -19,8 +19,9 @@ from PIL import Image
 from anomaly.cli import build_parser, main
 from anomaly.config import RunConfig
 from anomaly.dataset import read_image
+from anomaly.inference import load_run
 from anomaly.loadtest import check_loopback, run_loadtest, time_calls
-from anomaly.pipeline import fit_run, load_run
+from anomaly.pipeline import fit_run
 from anomaly.service import DEFAULT_MAX_UPLOAD_BYTES, RUNTIMES, ImageDecodeError, create_app, decode_image
 
 CATEGORY = "screw_like"

@@ -12,7 +12,8 @@ from PIL import Image
 
 from anomaly.cli import main
 from anomaly.service import create_app
-from anomaly.web import API_KEY_ENV, create_app_from_env, page_html, read_api_key_file, settings_to_env
+from anomaly.service import create_app_from_env
+from anomaly.web import API_KEY_ENV, page_html, read_api_key_file, settings_to_env
 
 LOCAL = "http://127.0.0.1"
 KEY = "k" * 12 + "-secret-0123"

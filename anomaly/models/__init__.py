@@ -3,9 +3,12 @@ baseline ``IntensityBaseline`` (method ``intensity``)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from anomaly.models.base import Detector, Prediction
+from anomaly.models.autoencoder import ConvAutoencoder
+from anomaly.models.base import MODEL_JSON, Detector, Prediction, read_model_meta
+from anomaly.models.intensity import IntensityBaseline
 
 METHODS = ("autoencoder", "padim", "patchcore", "intensity")
 BASELINES = ("intensity",)  # methods that learn nothing: the floor every comparison is measured against
@@ -15,22 +18,19 @@ TRAINED = ("autoencoder",)
 
 
 def get_detector_class(method: str) -> type[Detector]:
-    """Return the detector class for ``method`` (imported lazily); unknown names raise ``ValueError``."""
+    """Return the detector class for ``method`` (PaDiM and PatchCore imported lazily); unknown names raise
+    ``ValueError``."""
     if method == "autoencoder":
-        from anomaly.models.autoencoder import ConvAutoencoder
-
         return ConvAutoencoder
     if method == "padim":
-        from anomaly.models.padim import PaDiM
+        from anomaly.models.padim import PaDiM  # deferred: timm (the backbone), imported when a method needs it
 
         return PaDiM
     if method == "patchcore":
-        from anomaly.models.patchcore import PatchCore
+        from anomaly.models.patchcore import PatchCore  # deferred: timm (the backbone)
 
         return PatchCore
     if method == "intensity":
-        from anomaly.models.intensity import IntensityBaseline
-
         return IntensityBaseline
     raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
 
@@ -40,4 +40,15 @@ def create_detector(method: str, params: dict[str, Any] | None = None, device: s
     return get_detector_class(method)(dict(params or {}), device=device)
 
 
-__all__ = ["BASELINES", "METHODS", "TRAINED", "Detector", "Prediction", "create_detector", "get_detector_class"]
+def load_detector(directory: str | Path, device: str = "cpu") -> Detector:
+    """A saved detector (``model.json`` + ``model.pt``) of the class its ``model.json`` names; errors name the file."""
+    method = read_model_meta(directory)["method"]
+    try:
+        detector_class = get_detector_class(method)
+    except ValueError as err:
+        raise ValueError(f"{Path(directory) / MODEL_JSON}: {err}") from None
+    return detector_class.load(directory, device=device)
+
+
+__all__ = ["BASELINES", "METHODS", "TRAINED", "Detector", "Prediction", "create_detector", "get_detector_class",
+           "load_detector"]

@@ -121,18 +121,23 @@ class Detector(ABC):
 
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> "Detector":
-        """Rebuild a saved detector; ``cls`` may be ``Detector`` itself (dispatches on ``method``).
+        """Rebuild a saved detector of this class (:func:`anomaly.models.load_detector` picks the class from
+        ``model.json``'s method).
 
         Raises:
             FileNotFoundError: no ``model.json``.
             ValueError: a malformed ``model.json`` or a ``model.pt`` that is not this model's finite
                 tensors of the right shapes; the message names the file.
         """
+        if cls is Detector:
+            raise TypeError("Detector.load needs a detector class: anomaly.models.load_detector picks it from model.json")
         directory = Path(directory)
         meta_path = directory / MODEL_JSON
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{meta_path} not found: is {directory} a run folder written by `anomaly fit`?")
-        detector = _detector_from_meta(meta_path, cls, device)
+        meta = read_model_meta(directory)
+        try:
+            detector = cls(meta["config"], device=device)
+        except ValueError as err:
+            raise ValueError(f"{meta_path}: {err}") from None
         state_path = directory / MODEL_STATE
         state = _read_state(state_path)
         try:
@@ -174,21 +179,24 @@ def model_buffer(name: str, doc: str) -> property:
     return property(get, set_, doc=doc)
 
 
-def _detector_from_meta(meta_path: Path, cls: type[Detector], device: str | torch.device) -> Detector:
-    """An unfitted detector from ``model.json`` (method + config); ValueError names the file."""
-    from anomaly.models import get_detector_class
+def read_model_meta(directory: str | Path) -> dict[str, Any]:
+    """``model.json`` of ``directory``: ``{"method": ..., "config": {...}}``; the errors name the file.
 
+    Raises:
+        FileNotFoundError: no ``model.json``.
+        ValueError: not valid JSON, or not that shape.
+    """
+    directory = Path(directory)
+    meta_path = directory / MODEL_JSON
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path} not found: is {directory} a run folder written by `anomaly fit`?")
     try:
         meta = json.loads(meta_path.read_text())
     except ValueError as err:
         raise ValueError(f"{meta_path} is not valid JSON: {err}") from None
     if not isinstance(meta, dict) or "method" not in meta or not isinstance(meta.get("config"), dict):
         raise ValueError(f"{meta_path} must hold {{\"method\": ..., \"config\": {{...}}}}")
-    try:
-        klass = get_detector_class(meta["method"]) if cls is Detector else cls
-        return klass(meta["config"], device=device)
-    except ValueError as err:
-        raise ValueError(f"{meta_path}: {err}") from None
+    return meta
 
 
 def _read_state(path: Path) -> dict[str, torch.Tensor]:

@@ -3,9 +3,8 @@
 PatchCore (Roth et al., CVPR 2022) and PaDiM (Defard et al., ICPR 2021) smooth their
 patch-level maps with a Gaussian of sigma = 4 px before scoring; the autoencoder does the
 same with its residual map (``1 - SSIM`` with :func:`ssim_map`, Wang et al. 2004, for AE-SSIM).
-:func:`resize_images` brings input images to a detector's
-``image_size``, :func:`upsample_maps` brings its maps back to the input's size. All are pure
-tensor maths.
+:func:`resize_images` brings input images to a detector's ``image_size``,
+:func:`anomaly.geometry.upsample_maps` brings its maps back to the input's size. All are pure tensor maths.
 """
 
 from __future__ import annotations
@@ -14,6 +13,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from anomaly.geometry import upsample_maps  # noqa: F401  (maps back to the input's size: the geometry's job)
 
 _GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma
 
@@ -54,23 +55,6 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     x = F.pad(x, (0, 0, radius, radius), mode="replicate")
     x = F.conv2d(x, kernel.view(1, 1, -1, 1))  # blur along H
     return x.squeeze(1)  # (B, H, W)
-
-
-def upsample_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of a batch of maps to ``size`` (no-op when already that size).
-
-    Args:
-        maps: (B, h, w) float tensor.
-        size: target (H, W).
-
-    Returns:
-        (B, H, W) tensor.
-    """
-    size = (int(size[0]), int(size[1]))
-    if tuple(maps.shape[-2:]) == size:
-        return maps
-    out = F.interpolate(maps.unsqueeze(1), size=size, mode="bilinear", align_corners=False)  # (B, 1, H, W)
-    return out.squeeze(1)
 
 
 def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
