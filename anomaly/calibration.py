@@ -1,6 +1,6 @@
 """Calibration: out-of-sample scores of good training images, and the decision a line uses.
 
-PaDiM and PatchCore are *cross-fitted* (``Detector.fit_crossfit``): ``train/good`` is split into
+PaDiM and PatchCore are *cross-fitted* (they declare ``Detector.crossfits``): ``train/good`` is split into
 ``folds`` folds, each fold is scored by the model fitted on the others, so every good training
 image gets an out-of-sample score and map, while the deployed model is fitted on all of them
 (cross-conformal calibration: Vovk, "Cross-conformal predictors", 2015; Barber et al.,
@@ -40,11 +40,6 @@ logger = logging.getLogger(__name__)
 
 CALIBRATION_FILE = "calibration.json"
 DEFAULT_FOLDS = 5
-
-
-def supports_crossfit(detector: Detector) -> bool:
-    """Whether the detector can score its own training images out of sample (``fit_crossfit``)."""
-    return callable(getattr(detector, "fit_crossfit", None))
 
 
 def fit_and_calibrate(detector: Detector, train_loader: DataLoader, folds: int, seed: int = 0,
@@ -152,12 +147,12 @@ def map_summary(calibration: dict[str, Any]) -> dict[str, float] | None:
 def resolve_folds(detector: Detector, folds: int | None) -> int:
     """0 (validation split) or the number of cross-fitting folds for ``detector``."""
     if folds is None:
-        return DEFAULT_FOLDS if supports_crossfit(detector) else 0
+        return DEFAULT_FOLDS if detector.crossfits else 0
     if folds == 0:
         return 0
     if folds < 2:
         raise ValueError(f"folds must be >= 2 (or 0 for a validation split), got {folds}")
-    if not supports_crossfit(detector):
+    if not detector.crossfits:
         raise ValueError(f"{detector.name} cannot be cross-fitted (it would train {folds} extra models); "
                          f"leave --folds out to calibrate on a validation split")
     return folds
@@ -178,4 +173,4 @@ def decision_metrics(out: dict[str, np.ndarray], decision: dict[str, Any], regio
 
 
 __all__ = ["CALIBRATION_FILE", "DEFAULT_FOLDS", "decide", "fit_and_calibrate", "map_summary", "read_calibration",
-           "resolve_folds", "decision_metrics", "supports_crossfit", "write_decision"]
+           "resolve_folds", "decision_metrics", "write_decision"]

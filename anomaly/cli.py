@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 
 from anomaly.cli_data import add_check_data_command, add_data_arguments, check_before_fit
 from anomaly.models import METHODS
+from anomaly.models.registry import methods_help
 from anomaly.models.base import MAX_IMAGE_SIZE
 from anomaly.thresholds import DEFAULT_ESTIMATOR, DEFAULT_PIXEL_FPR, DEFAULT_TARGET_FRR, ESTIMATORS
 
@@ -232,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("fit", help="check the data, fit a detector on good images and write a run folder")
-    p.add_argument("--method", required=True, choices=METHODS)
+    p.add_argument("--method", required=True, choices=METHODS, help=methods_help())
     add_data_arguments(p)
     p.add_argument("--allow-duplicates", action="store_true",
                    help="fit even when the data check finds duplicates across training and test images")

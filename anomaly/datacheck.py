@@ -173,10 +173,10 @@ def calibration_check(cfg: dict[str, Any], n_good: int, n_validation_good: int =
         n_good: good images the fit may use (after any held-out test images).
         n_validation_good: MVTec AD ``validation/good`` images (a validation split gets them too).
     """
-    from anomaly.models import get_detector_class
+    from anomaly.models import method_spec
 
     method, folds = cfg["method"], cfg.get("folds")
-    crossfit = callable(getattr(get_detector_class(method), "fit_crossfit", None)) and folds != 0
+    crossfit = method_spec(method).crossfits and folds != 0
     if crossfit:
         n_scores = min(n_good, cfg.get("max_train") or n_good)
     else:

@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 
 from anomaly.calibration import read_calibration
+from anomaly.models.registry import method_spec
 from anomaly.run_results import RunResults, fitted_state_table
 from anomaly.utils import read_json
 from anomaly.wording import fmt, fmt_ci, plural
@@ -130,13 +131,9 @@ def outline_text(results: RunResults, indices: Sequence[int]) -> str:
             f"map that reaches it (scores {', '.join(f'{v:.3g}' for v in scores)}; map peaks "
             f"{', '.join(f'{v:.3g}' for v in peaks)}).")
     cfg = read_json(Path(results.run_dir) / "model.json")["config"]
-    if results.method == "patchcore":
-        k, sigma = cfg["num_neighbors"], cfg["smooth_sigma"]
-        text += (f" PatchCore's image score is the worst patch's nearest-neighbour distance s* times Eq. 7's weight, "
-                 f"which lies in [1 − 1/k, 1) = [{1 - 1 / k:.3f}, 1) for its k = {k} neighbours: Eq. 7 can only lower "
-                 f"the score, and by little. The map is the same distances upsampled and smoothed (Gaussian, sigma "
-                 f"{sigma:g} px), which spreads a one-patch peak and lowers it: it is the smoothing that leaves a "
-                 f"flagged part without an outlined region.")
+    note = method_spec(results.method).score_note
+    if note is not None:
+        text += note(cfg)
     elif flagged > outlined:
         text += " The map is resized to the image after scoring; its peak can differ slightly from the score."
     else:
@@ -195,7 +192,9 @@ def summarise_fit(run_dir: str | Path) -> str:
              f"state holds {state['values'].sum():,} numbers ({state['MiB'].sum():.1f} MiB).",
              f"- Threshold {thr['threshold']:.4g}: the {rule} from {plural(len(val), 'good ' + calibration['kind'] + ' score')} "
              f"(range {val.min():.4g} .. {val.max():.4g}); no test image was used."]
-    lines += _feature_lines(model["config"], state, fit["n_train"])
+    spec = method_spec(model["method"])
+    if spec.fit_lines is not None:  # facts about the fitted state (feature grid, memory bank, Gaussians)
+        lines += spec.fit_lines(model["config"], state, fit["n_train"])
     history = fit.get("history") or []
     if len(history) > 1:
         lines.append(f"- Training loss went from {history[0]:.4g} to {history[-1]:.4g} over {len(history)} epochs "
@@ -203,27 +202,6 @@ def summarise_fit(run_dir: str | Path) -> str:
                      f"{100 * (history[-1] / history[-1 - min(5, len(history) - 1)] - 1):+.1f}% (a large change means "
                      f"more epochs would still help).")
     return "\n".join(lines)
-
-
-def _feature_lines(config: dict[str, Any], state: pd.DataFrame, n_train: int) -> list[str]:
-    """Feature-grid and memory-bank facts for backbone methods (nothing for the autoencoder)."""
-    if "strides" not in config:
-        return []
-    stride, size = min(config["strides"]), config["image_size"]
-    grid = -(-size // stride)
-    lines = [f"- Features: `{config['backbone']}` maps each image to a {grid} x {grid} grid of patch features "
-             f"(stride {stride} px at {size} px, strides {config['strides']} concatenated)."]
-    if "memory_bank" in state.index:
-        rows, dims = state.loc["memory_bank", "shape"]
-        total = n_train * grid * grid
-        lines.append(f"- Memory bank: {rows:,} of the {total:,} training patch features ({100 * rows / total:.2f}%, "
-                     f"coreset ratio {config['coreset_ratio']:g}), each {dims}-dimensional.")
-    if "inv_covariance" in state.index:
-        positions, dims, _ = state.loc["inv_covariance", "shape"]
-        lines.append(f"- Gaussians: one per position, {positions:,} positions, each a {dims}-dimensional mean and "
-                     f"a {dims} x {dims} inverse covariance ({state.loc['inv_covariance', 'MiB']:.0f} MiB in all); "
-                     f"the {dims} channels are a seeded random subset of the concatenated features.")
-    return lines
 
 
 def cases_over_seeds(run_dir: str | Path) -> str:

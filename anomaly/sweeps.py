@@ -61,9 +61,9 @@ def data_efficiency(base: RunConfig, sizes: Sequence[int], out_dir: str | Path, 
 
 def _pool_fraction(method: str) -> float:
     """The validation share fit_run carves by default: none when the method is cross-fitted (all images fit)."""
-    from anomaly.models import get_detector_class
+    from anomaly.models import method_spec
 
-    return 0.0 if hasattr(get_detector_class(method), "fit_crossfit") else 0.1
+    return 0.0 if method_spec(method).crossfits else 0.1
 
 
 def _same_run(run_dir: str | Path, config: RunConfig) -> bool:

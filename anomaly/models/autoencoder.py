@@ -33,7 +33,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from anomaly.models.base import Detector, check_image_size, model_buffer
+from anomaly.models.notes import autoencoder_notes
 from anomaly.models.postprocess import gaussian_blur, resize_images, ssim_map, to_grayscale, topk_mean
+from anomaly.models.registry import MethodSpec, register
 
 logger = logging.getLogger(__name__)
 
@@ -283,3 +285,9 @@ class ConvAutoencoder(Detector):
         self.mean, self.std = state["mean"], state["std"]
         self.history = [float(v) for v in state.get("history", torch.empty(0)).tolist()]
         self.fitted = True
+
+
+register(MethodSpec(
+    "autoencoder", ConvAutoencoder, "a convolutional autoencoder trained on good images; reconstruction error",
+    trained=True, report={"synthetic": {"image_size": 128, "epochs": 30}, "real": {"image_size": None, "epochs": 50}},
+    notes=autoencoder_notes))

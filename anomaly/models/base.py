@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from anomaly.geometry import letterbox_batch, maps_to_input
+from anomaly.models.registry import get_detector_class
 from anomaly.utils import make_config, resolve_device
 
 MODEL_JSON = "model.json"
@@ -65,11 +66,21 @@ class Detector(ABC):
     fields are the detector's parameters, including ``image_size``), build ``self.model`` (the
     inference module, see the module docstring; it has a ``fitted`` property) and implement
     ``_fit``, ``state_dict`` and ``load_state_dict``.
+
+    Cross-fitting is a declared capability: a detector that can score its own training images out of
+    sample sets ``crossfits = True`` and implements :meth:`fit_crossfit` (checked when the class is
+    defined); the calibration then uses it instead of a validation split.
     """
 
     name: ClassVar[str]
     config_class: ClassVar[type]
+    crossfits: ClassVar[bool] = False
     model: nn.Module
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.crossfits and cls.fit_crossfit is Detector.fit_crossfit:
+            raise TypeError(f"{cls.__name__} declares crossfits = True but does not implement fit_crossfit")
 
     def __init__(self, config: Any = None, device: str | torch.device = "cpu") -> None:
         if config is None:
@@ -109,6 +120,20 @@ class Detector(ABC):
         scores, maps = self.model(x)  # (B,), (B, S, S)
         maps = maps_to_input(maps, tuple(images.shape[-2:]), size)  # (B, H, W) on the input's pixels
         return Prediction(scores.float().cpu().numpy(), maps.float().cpu().numpy())
+
+    def fit_crossfit(self, train_loader: DataLoader, folds: int = 5, seed: int = 0) -> Prediction:
+        """Fit on every image of ``train_loader`` AND score each one with the model fitted without its fold.
+
+        Only for detectors that declare ``crossfits = True``; the others raise ``NotImplementedError``.
+
+        Args:
+            train_loader: unshuffled dict batches with ``image`` (B, 3, S, S) and ``index`` (B,).
+            folds: number of folds (>= 2). seed: seeds the fold assignment (:func:`fold_ids`).
+
+        Returns:
+            Prediction with out-of-sample scores (n,) and maps (n, S, S), row i = dataset index i.
+        """
+        raise NotImplementedError(f"{self.name} cannot be cross-fitted (crossfits is False)")
 
     def save(self, directory: str | Path) -> None:
         """Write ``model.json`` and ``model.pt`` into ``directory``."""
@@ -176,8 +201,6 @@ def model_buffer(name: str, doc: str) -> property:
 
 def _detector_from_meta(meta_path: Path, cls: type[Detector], device: str | torch.device) -> Detector:
     """An unfitted detector from ``model.json`` (method + config); ValueError names the file."""
-    from anomaly.models import get_detector_class
-
     try:
         meta = json.loads(meta_path.read_text())
     except ValueError as err:

@@ -25,7 +25,9 @@ from torch.utils.data import DataLoader
 from torch import nn
 
 from anomaly.models.base import Detector, check_image_size
+from anomaly.models.notes import intensity_notes
 from anomaly.models.postprocess import gaussian_blur
+from anomaly.models.registry import MethodSpec, register
 
 logger = logging.getLogger(__name__)
 
@@ -82,3 +84,8 @@ class IntensityBaseline(Detector):
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self._check_state(state, {"image_size": (1,)})
 
+
+register(MethodSpec(
+    "intensity", IntensityBaseline, "no learning: each pixel's grey-level distance from the image's median grey",
+    baseline=True, report={"synthetic": {"image_size": 256, "epochs": None}, "real": {"image_size": None, "epochs": None}},
+    notes=intensity_notes))

@@ -31,7 +31,9 @@ from tqdm.auto import tqdm
 from anomaly.features import DEFAULT_BACKBONE, FeatureExtractor
 from anomaly.models.base import Detector, Prediction, check_image_size, fold_ids, model_buffer, score_by_fold
 from anomaly.models.coreset import torch_threads
+from anomaly.models.notes import padim_fit_lines, padim_notes
 from anomaly.models.postprocess import gaussian_blur, resize_images, upsample_maps
+from anomaly.models.registry import MethodSpec, register
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +115,7 @@ class PaDiM(Detector):
 
     name = "padim"
     config_class = PaDiMConfig
+    crossfits = True
 
     def __init__(self, config: PaDiMConfig | dict | None = None, device: str | torch.device = "cpu") -> None:
         super().__init__(config, device)
@@ -268,3 +271,9 @@ def mahalanobis(x: torch.Tensor, mean: torch.Tensor, inv_covariance: torch.Tenso
     delta = (x - mean[:, None, :]).contiguous()  # (P, B, d)
     squared = torch.einsum("pbi,pbi->pb", torch.einsum("pbj,pji->pbi", delta, inv_covariance), delta)  # (P, B)
     return squared.clamp_(min=0.0).sqrt_()
+
+
+register(MethodSpec(
+    "padim", PaDiM, "a Gaussian per feature-grid position of a frozen backbone; Mahalanobis distance",
+    exportable=True, report={"synthetic": {"image_size": 256}, "real": {"image_size": None}},
+    notes=padim_notes, fit_lines=padim_fit_lines))

@@ -31,7 +31,9 @@ from anomaly.features import DEFAULT_BACKBONE, FeatureExtractor
 from anomaly.geometry import letterbox_batch, maps_to_input
 from anomaly.models.base import Detector, Prediction, check_image_size, fold_ids, model_buffer
 from anomaly.models.coreset import GreedyCoresetSampler, RandomSampler, torch_threads
+from anomaly.models.notes import patchcore_fit_lines, patchcore_notes, patchcore_score_note
 from anomaly.models.postprocess import gaussian_blur, upsample_maps
+from anomaly.models.registry import MethodSpec, register
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +149,7 @@ class PatchCore(Detector):
 
     name = "patchcore"
     config_class = PatchCoreConfig
+    crossfits = True
 
     def __init__(self, config: PatchCoreConfig | dict | None = None, device: str | torch.device = "cpu") -> None:
         super().__init__(config, device)
@@ -314,3 +317,9 @@ def reweighted_scores(dist: torch.Tensor, nn_idx: torch.Tensor, feats: torch.Ten
     _, support = nearest_neighbours(bank[nn_idx[rows, worst]], bank, num_neighbors)  # (B, k), m* first
     d = torch.linalg.vector_norm(m_test[:, None, :] - bank[support], dim=-1)  # (B, k)
     return (1.0 - F.softmax(d, dim=1)[:, 0]) * s_star
+
+
+register(MethodSpec(
+    "patchcore", PatchCore, "a coreset memory bank of good patch features; nearest-neighbour distance",
+    exportable=True, report={"synthetic": {"image_size": 256}, "real": {"image_size": None}},
+    notes=patchcore_notes, fit_lines=patchcore_fit_lines, score_note=patchcore_score_note))
