@@ -185,7 +185,8 @@ def calibration_check(cfg: dict[str, Any], n_good: int, n_validation_good: int =
         carved = int(round(fraction * n_train))
         n_scores = (min(max(carved, 1), n_train - 1) if fraction > 0 and n_train >= 2 else carved) + n_validation_good
     target, estimator = float(cfg.get("target_frr") or T.DEFAULT_TARGET_FRR), cfg.get("estimator") or T.DEFAULT_ESTIMATOR
-    rank = T.calibration_rank(n_scores, target, estimator) if n_scores else None
+    k = T.calibration_rank(n_scores, target, estimator) if n_scores else None
+    rank = k if k is not None and k <= n_scores else None  # None: the target is out of reach
     return CalibrationCheck(method=method, kind="crossfit" if crossfit else "validation", n_scores=n_scores,
                             target_frr=target, estimator=estimator, rank=rank, reachable=rank is not None,
                             n_needed=T.min_calibration_size(target, estimator),

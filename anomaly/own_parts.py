@@ -149,7 +149,7 @@ def operating_point_summary(metrics: dict[str, Any], line_frr: float) -> str:
         f"maximum, and more good images are needed.")
     n_cal = metrics.get("n_calibration_scores")
     rank = calibration_rank(n_cal, line_frr, metrics.get("estimator") or "conformal") if n_cal else None
-    if rank is not None and rank == n_cal:
+    if rank == n_cal:
         reach += (f" With {n_cal} calibration scores the threshold is the {rank}-th smallest, i.e. the largest: one "
                   f"unusual good photo sets it, and more good photos would give the target room.")
     oracle = metrics.get("oracle_recall_at_frr")

@@ -19,7 +19,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from anomaly.thresholds import conformal_rank, min_scores_for
+from anomaly.thresholds import calibration_rank, min_calibration_size
 
 UNDEFINED = "undefined"
 
@@ -73,7 +73,7 @@ def conformal_text(n: int, alpha: float, scores: Sequence[float] | None = None) 
     Args:
         scores: the calibration scores (any order); when given, the chosen score is named.
     """
-    k = conformal_rank(n, alpha)
+    k = calibration_rank(n, alpha)
     ranked = sorted(scores) if scores is not None else None
     rule = (f"The conformal rule for a target false-reject rate α = {alpha:g} with n = {n} good calibration "
             f"score{'' if n == 1 else 's'} "
@@ -91,7 +91,7 @@ def conformal_text(n: int, alpha: float, scores: Sequence[float] | None = None) 
     return (f"{rule}. That rank cannot be reached: k = {k} > n = {n}, so no score of {'this one' if n == 1 else f'these {n}'} guarantees α = {alpha:g}. "
             f"The threshold falls back to the largest score{named}, whose expected false-reject rate is "
             f"1/(n + 1) = {1 / (n + 1):.3f}, and `threshold.json` records `reachable: false`. Reaching α = {alpha:g} "
-            f"takes at least {min_scores_for(alpha)} calibration scores.")
+            f"takes at least {min_calibration_size(alpha)} calibration scores.")
 
 
 def realised_text(metrics: dict[str, Any]) -> str:
