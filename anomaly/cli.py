@@ -114,7 +114,7 @@ def _compare(run_dir: str, target_frr: float, load_predictions: Callable) -> dic
     if not (Path(run_dir) / "predictions.npz").is_file():
         raise ValueError(f"--compare needs test predictions: run `anomaly evaluate --run-dir {run_dir}` first")
     out = load_predictions(run_dir)
-    calibration = read_calibration(run_dir)["scores"]
+    calibration = read_calibration(run_dir).scores
     return {"estimators": compare_estimators(calibration, out["labels"], out["image_scores"], target_frr),
             "conformal_with_fewer_scores": small_n_cost(calibration, out["labels"], out["image_scores"], target_frr)}
 

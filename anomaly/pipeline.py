@@ -45,8 +45,8 @@ from anomaly.config import RunConfig
 from anomaly.geometry import Letterbox
 from anomaly.models import Detector, create_detector
 from anomaly.regions import find_regions
-from anomaly.runs import (atomic_run_dir, check_run_dir, read_config, read_dict, read_metrics, read_predictions,
-                          read_threshold)
+from anomaly.records import MetricsRecord, ThresholdRecord
+from anomaly.runs import atomic_run_dir, check_run_dir, read_config, read_dict, read_predictions
 from anomaly.thresholds import DEFAULT_ESTIMATOR, DEFAULT_PIXEL_FPR, scores_at_threshold
 from anomaly.uncertainty import uncertainty_metrics
 from anomaly.utils import resolve_device, seed_everything, write_json
@@ -174,7 +174,7 @@ def fit_run(config: RunConfig, run_dir: str | Path, data_check: Any = None) -> P
         detector, make_loader(train, size, c.batch_size, shuffle=not n_folds, seed=c.seed), n_folds, c.seed,
         validation)
     detector.save(run_dir)
-    write_json(run_dir / C.CALIBRATION_FILE, calibration)
+    calibration.write(run_dir)
     C.write_decision(run_dir, calibration, target_frr=c.target_frr, estimator=c.estimator, pixel_fpr=c.pixel_fpr)
     write_json(run_dir / "fit.json", {"fit_seconds": fit_seconds, "n_train": len(train),
                                       "history": list(getattr(detector, "history", [])),
@@ -203,7 +203,7 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", data: str | Path | N
         raise ValueError(f"run {run_dir} has no test evaluation -- {note}")
     scorer, used = select_scorer(run, runtime, threads=threads)
     out = predict_loader(scorer, make_loader(splits.test, run.image_size, cfg["batch_size"]), desc="test")
-    decision = read_dict(Path(run_dir) / "threshold.json", ("threshold",))
+    decision = ThresholdRecord.read(run_dir)
     metrics = evaluation_metrics(image_area_only(out), splits.test, decision, pixel=test_data.has_masks)
     metrics["has_masks"] = test_data.has_masks
     fit_info = read_dict(Path(run_dir) / "fit.json", ("fit_seconds",))
@@ -214,7 +214,7 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", data: str | Path | N
                         labels=out["labels"], anomaly_maps=out["anomaly_maps"].astype(np.float16),
                         gt_masks=out["gt_masks"], defect_types=np.array([s.defect_type for s in splits.test]),
                         image_paths=np.array([str(s.image_path) for s in splits.test]))
-    write_json(Path(run_dir) / "metrics.json", metrics)  # last: it marks the run as evaluated
+    MetricsRecord.from_dict(metrics).write(run_dir)  # last: it marks the run as evaluated
     return metrics
 
 
@@ -234,20 +234,21 @@ def rethreshold_run(run_dir: str | Path, target_frr: float, estimator: str = DEF
     marker = check_run_dir(run_dir)
     calibration = C.read_calibration(run_dir)
     if pixel_fpr is None:
-        pixel_fpr = read_dict(run_dir / "threshold.json").get("pixel_fpr") or DEFAULT_PIXEL_FPR
+        pixel_fpr = ThresholdRecord.read(run_dir).pixel_fpr or DEFAULT_PIXEL_FPR
     decision = C.write_decision(run_dir, calibration, target_frr=target_frr, estimator=estimator,
                                 pixel_fpr=pixel_fpr)
-    metrics = read_metrics(run_dir, marker)
-    if metrics is None or not (run_dir / "predictions.npz").is_file():
-        return {"threshold": decision, "metrics": None}
+    record = MetricsRecord.read_current(run_dir, marker["model_sha256"])
+    if record is None or not (run_dir / "predictions.npz").is_file():
+        return {"threshold": decision.as_dict(), "metrics": None}
     out = read_predictions(run_dir)
-    metrics.update(evaluation_metrics(out, list(out["defect_types"]), decision, pixel=metrics.get("has_masks", True)))
-    write_json(run_dir / "metrics.json", metrics)
-    return {"threshold": decision, "metrics": metrics}
+    metrics = {**record.as_dict(), **evaluation_metrics(out, list(out["defect_types"]), decision,
+                                                         pixel=record.get("has_masks", True))}
+    MetricsRecord.from_dict(metrics).write(run_dir)
+    return {"threshold": decision.as_dict(), "metrics": metrics}
 
 
 def evaluation_metrics(out: dict[str, np.ndarray], samples: Sequence[D.Sample | str],
-                       decision: dict[str, Any], pixel: bool = True) -> dict[str, Any]:
+                       decision: ThresholdRecord, pixel: bool = True) -> dict[str, Any]:
     """:func:`compute_metrics` at the decision's threshold plus the realised rates and region detection
     (``pixel=False``: a test set without masks, image-level metrics only)."""
     return {**compute_metrics(out, samples, float(decision["threshold"]), pixel),
@@ -286,10 +287,10 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
     marker = check_run_dir(run_dir)
     detector = Detector.load(run_dir, device=resolve_device(device))
     config = read_config(run_dir, detector.name)
-    metrics = read_metrics(run_dir, marker)
-    pixel = read_dict(run_dir / "threshold.json").get("pixel_threshold")
-    return Run(run_dir, detector, config, read_threshold(run_dir), metrics, marker["model_sha256"],
-               float(pixel) if isinstance(pixel, (int, float)) and np.isfinite(pixel) else None)
+    metrics = MetricsRecord.read_current(run_dir, marker["model_sha256"])
+    decision = ThresholdRecord.read(run_dir)
+    return Run(run_dir, detector, config, decision.threshold, None if metrics is None else metrics.as_dict(),
+               marker["model_sha256"], decision.pixel_threshold)
 
 
 def predict_paths(run: Run, paths: Sequence[str | Path], heatmap_dir: str | Path | None = None,
@@ -339,7 +340,7 @@ def regions_of(run: Run, anomaly_map: np.ndarray) -> list[dict]:
 def display_range(run: Run | str | Path) -> dict[str, float | None]:
     """Heatmap colour range of a run (or run folder) from good calibration maps: low = median map value,
     high = their maximum; both ``None`` (each map its own range) when the run recorded no map quantiles."""
-    q = C.map_summary(C.read_calibration(getattr(run, "run_dir", run)))
+    q = C.read_calibration(getattr(run, "run_dir", run)).map_summary()
     if q is None:
         return {"vmin": None, "vmax": None}
     return {"vmin": float(q["50"]), "vmax": float(max(q["100"], q["50"] + 1e-8))}

@@ -38,7 +38,7 @@ from anomaly.decoding import ImageDecodeError, decode_image, decode_with_hw  # t
 from anomaly.geometry import Letterbox
 from anomaly.http_guards import LOOPBACK_HOSTS, BodyLimitMiddleware, SecurityHeadersMiddleware
 from anomaly.models import Prediction
-from anomaly.utils import read_json
+from anomaly.records import ThresholdRecord
 
 logger = logging.getLogger(__name__)
 
@@ -160,8 +160,7 @@ def _load_service(run_dir: Path, runtime: str, threads: int) -> _Service:
 def _decision(run_dir: Path) -> dict[str, Any]:
     """How the threshold was set: the scalar fields of ``threshold.json`` (target FRR, estimator, n scores, ...)."""
 
-    record = read_json(run_dir / "threshold.json")
-    return {k: v for k, v in record.items() if v is None or isinstance(v, (bool, int, float, str))}
+    return ThresholdRecord.read(run_dir).scalars()
 
 
 def _warm_up(service: _Service) -> None:

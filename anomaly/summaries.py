@@ -15,6 +15,7 @@ import torch
 
 from anomaly.calibration import read_calibration
 from anomaly.models.registry import method_spec
+from anomaly.records import MetricsRecord, ThresholdRecord
 from anomaly.run_results import RunResults, fitted_state_table
 from anomaly.utils import read_json
 from anomaly.wording import fmt, fmt_ci, plural
@@ -108,7 +109,7 @@ def summarise_efficiency(table: pd.DataFrame, metric: str = "image_auroc") -> st
 
 def colour_range_text(results: RunResults) -> str:
     """Markdown: what the gallery's colours mean for this run, read from its good calibration maps."""
-    q = (read_calibration(results.run_dir).get("map_quantiles") or {}).get("summary")
+    q = read_calibration(results.run_dir).map_summary()
     if not q:
         return "This run recorded no calibration map quantiles: each map is drawn in its own range."
     return (f"The colour scale of `{results.method}` runs from {q['50']:.4g} (the median pixel of its good calibration "
@@ -179,7 +180,7 @@ def summarise_data(counts: pd.DataFrame, areas: pd.DataFrame, std_image: torch.T
 def summarise_fit(run_dir: str | Path) -> str:
     """Markdown: what the run fitted, on how many images, how long it took, and its calibrated threshold."""
     run_dir = Path(run_dir)
-    config, fit, thr = (read_json(run_dir / f) for f in ("config.json", "fit.json", "threshold.json"))
+    config, fit, thr = read_json(run_dir / "config.json"), read_json(run_dir / "fit.json"), ThresholdRecord.read(run_dir)
     model = read_json(run_dir / "model.json")
     state = fitted_state_table(run_dir)
     calibration = read_calibration(run_dir)
@@ -209,7 +210,7 @@ def cases_over_seeds(run_dir: str | Path) -> str:
     from anomaly.runs import is_evaluated
     from anomaly.seeds import seed_runs
 
-    records = [read_json(Path(d) / "metrics.json") for d in seed_runs(run_dir) if is_evaluated(d)]
+    records = [MetricsRecord.read(d) for d in seed_runs(run_dir) if is_evaluated(d)]
     if len(records) < 2:
         return ""
     m = records[0]

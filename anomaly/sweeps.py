@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from anomaly import data as D
 from anomaly.config import RunConfig
+from anomaly.records import MetricsRecord
 from anomaly.runs import is_evaluated
 from anomaly.utils import make_config, read_json
 
@@ -53,7 +54,7 @@ def data_efficiency(base: RunConfig, sizes: Sequence[int], out_dir: str | Path, 
                 config = full_config if n == n_all else base.replace(seed=s, max_train=n)
                 run_dir = fit_run(config, Path(out_dir) / f"{method}_s{s}_n{n:04d}")
                 evaluate_run(run_dir, device=base.device)
-            m = read_json(Path(run_dir) / "metrics.json")
+            m = MetricsRecord.read(run_dir)
             rows.append({"method": method, "seed": s, "n_train": n, "run_dir": str(run_dir), **{
                 k: m.get(k, np.nan) for k in ("image_auroc", "pixel_auroc", "aupro", "aupro_fpr05", "fit_seconds")}})
     return pd.DataFrame(rows)

@@ -136,9 +136,9 @@ def calibration_text(run_dir: str | Path, metrics: dict[str, Any], defect_rate: 
     Reads ``threshold.json`` and ``calibration.json`` of ``run_dir``; ``metrics`` is its ``metrics.json``.
     """
     from anomaly.calibration import read_calibration
-    from anomaly.runs import read_dict
+    from anomaly.records import ThresholdRecord
 
-    thr = read_dict(Path(run_dir) / "threshold.json", ("threshold",))
+    thr = ThresholdRecord.read(run_dir)
     calibration = read_calibration(run_dir)
     scores, n = calibration["scores"], calibration["n_scores"]
     source = (f"out-of-sample scores of the good training images, each from the model fitted without its fold "
