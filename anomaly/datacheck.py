@@ -42,6 +42,7 @@ from anomaly import folders as F
 from anomaly import thresholds as T
 from anomaly.datacheck_record import (CalibrationCheck, DataCheck, DuplicateGroup, ImageRecord, Problem,
                                      find_problems)
+from anomaly.models import method_spec
 
 logger = logging.getLogger(__name__)
 
@@ -173,8 +174,6 @@ def calibration_check(cfg: dict[str, Any], n_good: int, n_validation_good: int =
         n_good: good images the fit may use (after any held-out test images).
         n_validation_good: MVTec AD ``validation/good`` images (a validation split gets them too).
     """
-    from anomaly.models import method_spec
-
     method, folds = cfg["method"], cfg.get("folds")
     crossfit = method_spec(method).crossfits and folds != 0
     if crossfit:

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from anomaly import data as D
 from anomaly.config import RunConfig
+from anomaly.models import method_spec
 from anomaly.records import MetricsRecord
 from anomaly.runs import is_evaluated
 from anomaly.utils import make_config, read_json
@@ -62,8 +63,6 @@ def data_efficiency(base: RunConfig, sizes: Sequence[int], out_dir: str | Path, 
 
 def _pool_fraction(method: str) -> float:
     """The validation share fit_run carves by default: none when the method is cross-fitted (all images fit)."""
-    from anomaly.models import method_spec
-
     return 0.0 if method_spec(method).crossfits else 0.1
 
 

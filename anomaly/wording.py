@@ -19,6 +19,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from anomaly.records import ThresholdRecord
 from anomaly.thresholds import calibration_rank, min_calibration_size
 
 UNDEFINED = "undefined"
@@ -136,7 +137,6 @@ def calibration_text(run_dir: str | Path, metrics: dict[str, Any], defect_rate: 
     Reads ``threshold.json`` and ``calibration.json`` of ``run_dir``; ``metrics`` is its ``metrics.json``.
     """
     from anomaly.calibration import read_calibration
-    from anomaly.records import ThresholdRecord
 
     thr = ThresholdRecord.read(run_dir)
     calibration = read_calibration(run_dir)
