@@ -81,8 +81,9 @@ def load_results(run_dir: str | Path) -> RunResults:
                              f"(or notebook 03) first")
     method = read_dict(run_dir / "model.json", ("method",))["method"]
     rng = display_range(run_dir)
-    return RunResults(run_dir, method, read_predictions(run_dir), metrics.as_dict(), ThresholdRecord.read(run_dir).threshold,
-                      np.asarray(read_calibration(run_dir).scores), (rng["vmin"], rng["vmax"]))
+    return RunResults(run_dir, method, read_predictions(run_dir), metrics.as_dict(),
+                      ThresholdRecord.read(run_dir).threshold, np.asarray(read_calibration(run_dir).scores),
+                      (rng["vmin"], rng["vmax"]))
 
 
 def metrics_table(run_dirs: Sequence[str | Path]) -> pd.DataFrame:

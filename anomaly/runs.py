@@ -10,8 +10,8 @@ complete one (a ``SIGKILL`` may leave the hidden sibling behind; nothing reads i
 Everything read from a run folder is checked here and named in the error: the marker and the
 files it lists, the model fingerprint, ``config.json`` keys; the typed records (``threshold.json``,
 ``calibration.json``, ``metrics.json``) are checked by their models in :mod:`anomaly.records`.
-``metrics.json`` and ``model.onnx`` carry the fingerprint of the model they were computed from (``model_sha256``, as in the marker), so a stale one is recognised
-(:func:`is_evaluated`, :func:`is_current`).
+``metrics.json`` and ``model.onnx`` carry the fingerprint of the model they were computed from
+(``model_sha256``, as in the marker), so a stale one is recognised (:func:`is_evaluated`, :func:`is_current`).
 """
 
 from __future__ import annotations

@@ -180,7 +180,8 @@ def summarise_data(counts: pd.DataFrame, areas: pd.DataFrame, std_image: torch.T
 def summarise_fit(run_dir: str | Path) -> str:
     """Markdown: what the run fitted, on how many images, how long it took, and its calibrated threshold."""
     run_dir = Path(run_dir)
-    config, fit, thr = read_json(run_dir / "config.json"), read_json(run_dir / "fit.json"), ThresholdRecord.read(run_dir)
+    config, fit = read_json(run_dir / "config.json"), read_json(run_dir / "fit.json")
+    thr = ThresholdRecord.read(run_dir)
     model = read_json(run_dir / "model.json")
     state = fitted_state_table(run_dir)
     calibration = read_calibration(run_dir)

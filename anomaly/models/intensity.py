@@ -85,5 +85,6 @@ class IntensityBaseline(Detector):
 
 register(MethodSpec(
     "intensity", IntensityBaseline, "no learning: each pixel's grey-level distance from the image's median grey",
-    baseline=True, report={"synthetic": {"image_size": 256, "epochs": None}, "real": {"image_size": None, "epochs": None}},
+    baseline=True,
+    report={"synthetic": {"image_size": 256, "epochs": None}, "real": {"image_size": None, "epochs": None}},
     notes=intensity_notes))

@@ -60,7 +60,8 @@ class MethodSpec:
             raise ValueError(f"method name {self.name!r} must be a lower-case identifier (it names folders and flags)")
         unknown = sorted(set(self.report) - set(PROFILES))
         if unknown:
-            raise ValueError(f"{self.name}: unknown report profile(s) {', '.join(unknown)}; valid: {', '.join(PROFILES)}")
+            raise ValueError(f"{self.name}: unknown report profile(s) {', '.join(unknown)}; "
+                             f"valid: {', '.join(PROFILES)}")
         object.__setattr__(self, "report", MappingProxyType({p: dict(self.report.get(p, {})) for p in PROFILES}))
 
     @property
@@ -150,7 +151,8 @@ class MethodNames(Sequence[str]):
 
 
 METHODS = MethodNames(doc="every registered method")
-BASELINES = MethodNames(lambda s: s.baseline, "methods that learn nothing: the floor every comparison is measured against")
+BASELINES = MethodNames(lambda s: s.baseline,
+                        "methods that learn nothing: the floor every comparison is measured against")
 # Trained by stochastic gradient descent: their weights move with the training seed and with the machine's
 # floating-point kernels, so a statement about them must hold over several seeds (anomaly.seeds).
 TRAINED = MethodNames(lambda s: s.trained, "methods trained by gradient descent (verdicts must hold over seeds)")
@@ -163,7 +165,8 @@ REPORT_METHODS = MethodNames(doc="the report's methods, baselines first (the flo
 def methods_help() -> str:
     """One line per method for the CLI's help: ``name: summary`` (+ what it can do)."""
     def tags(s: MethodSpec) -> str:
-        found = [t for t, on in (("baseline", s.baseline), ("cross-fits", s.crossfits), ("exportable", s.exportable)) if on]
+        capabilities = (("baseline", s.baseline), ("cross-fits", s.crossfits), ("exportable", s.exportable))
+        found = [t for t, on in capabilities if on]
         return f" [{', '.join(found)}]" if found else ""
 
     return "; ".join(f"{s.name}: {s.summary}{tags(s)}" for s in specs())
