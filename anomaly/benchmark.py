@@ -22,8 +22,9 @@ from anomaly.config import RunConfig
 from anomaly.evidence import evidence_markdown
 from anomaly.executors import Job, JobResult, LocalExecutor
 from anomaly.models import METHODS
+from anomaly.records import MetricsRecord
 from anomaly.runs import is_evaluated
-from anomaly.utils import read_json, write_json
+from anomaly.utils import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def run_benchmark(data: str | Path, categories: Sequence[str], methods: Sequence
 
 def _row(result: JobResult) -> dict[str, Any]:
     """The table row of a finished job, from its run folder's ``metrics.json``."""
-    metrics = read_json(result.job.run_dir / "metrics.json")
+    metrics = MetricsRecord.read(result.job.run_dir)
     row = {key: metrics.get(key) for key in COLUMNS}
     row.update(category=result.job.config.category, method=result.job.config.method,
                load_before=result.load_before, load_after=result.load_after)

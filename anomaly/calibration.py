@@ -1,6 +1,6 @@
 """Calibration: out-of-sample scores of good training images, and the decision a line uses.
 
-PaDiM and PatchCore are *cross-fitted* (``Detector.fit_crossfit``): ``train/good`` is split into
+PaDiM and PatchCore are *cross-fitted* (they declare ``Detector.crossfits``): ``train/good`` is split into
 ``folds`` folds, each fold is scored by the model fitted on the others, so every good training
 image gets an out-of-sample score and map, while the deployed model is fitted on all of them
 (cross-conformal calibration: Vovk, "Cross-conformal predictors", 2015; Barber et al.,
@@ -31,24 +31,18 @@ from anomaly.geometry import Letterbox
 from anomaly.models import Detector
 from anomaly.rates import operating_point_metrics
 from anomaly.regions import region_metrics
-from anomaly.runs import RunFolderError, read_dict
+from anomaly.records import CalibrationRecord, RunFolderError, ThresholdRecord
 from anomaly.thresholds import (DEFAULT_ESTIMATOR, DEFAULT_PIXEL_FPR, DEFAULT_TARGET_FRR, frr_threshold,
                                 map_tail_quantiles, pixel_threshold)
-from anomaly.utils import write_json
 
 logger = logging.getLogger(__name__)
 
-CALIBRATION_FILE = "calibration.json"
+CALIBRATION_FILE = CalibrationRecord.FILE
 DEFAULT_FOLDS = 5
 
 
-def supports_crossfit(detector: Detector) -> bool:
-    """Whether the detector can score its own training images out of sample (``fit_crossfit``)."""
-    return callable(getattr(detector, "fit_crossfit", None))
-
-
 def fit_and_calibrate(detector: Detector, train_loader: DataLoader, folds: int, seed: int = 0,
-                      validation_loader: DataLoader | None = None) -> tuple[dict[str, Any], float]:
+                      validation_loader: DataLoader | None = None) -> tuple[CalibrationRecord, float]:
     """Fit ``detector`` and collect good calibration scores and maps.
 
     Args:
@@ -73,8 +67,9 @@ def fit_and_calibrate(detector: Detector, train_loader: DataLoader, folds: int, 
         scores, maps = _predict_all(detector, validation_loader)
         kind, note = "validation", "good validation images carved out of train/good, not used for the fit"
     maps = pad_as_nan(maps, (validation_loader if not folds else train_loader).dataset)
-    record = {"kind": kind, "folds": int(folds) if folds else None, "n_scores": int(len(scores)), "note": note,
-              "scores": np.asarray(scores, dtype=np.float64).tolist(), "map_quantiles": map_tail_quantiles(maps)}
+    record = CalibrationRecord.from_dict({
+        "kind": kind, "folds": int(folds) if folds else None, "n_scores": int(len(scores)), "note": note,
+        "scores": np.asarray(scores, dtype=np.float64).tolist(), "map_quantiles": map_tail_quantiles(maps)})
     return record, fit_seconds
 
 
@@ -101,69 +96,60 @@ def _predict_all(detector: Detector, loader: DataLoader) -> tuple[np.ndarray, np
             np.concatenate([p.anomaly_maps for p in parts]).astype(np.float32))
 
 
-def decide(calibration: dict[str, Any], target_frr: float = DEFAULT_TARGET_FRR,
-           estimator: str = DEFAULT_ESTIMATOR, pixel_fpr: float | None = DEFAULT_PIXEL_FPR) -> dict[str, Any]:
+def decide(calibration: CalibrationRecord, target_frr: float = DEFAULT_TARGET_FRR,
+           estimator: str = DEFAULT_ESTIMATOR, pixel_fpr: float | None = DEFAULT_PIXEL_FPR) -> ThresholdRecord:
     """The ``threshold.json`` record: image threshold at ``target_frr`` and pixel threshold at ``pixel_fpr``."""
-    record = frr_threshold(np.asarray(calibration["scores"]), target_frr, estimator)
-    record.update({"calibration": calibration["kind"], "folds": calibration.get("folds"),
-                   "pixel_fpr": None, "pixel_threshold": None})
-    quantiles = calibration.get("map_quantiles")
+    record = frr_threshold(np.asarray(calibration.scores), target_frr, estimator)
+    record.update({"calibration": calibration.kind, "folds": calibration.folds, "pixel_fpr": None,
+                   "pixel_threshold": None})
+    quantiles = calibration.map_quantiles
     if pixel_fpr is not None and quantiles:
-        record.update({"pixel_fpr": float(pixel_fpr), "pixel_threshold": pixel_threshold(quantiles, pixel_fpr)})
+        record.update({"pixel_fpr": float(pixel_fpr),
+                       "pixel_threshold": pixel_threshold(quantiles.model_dump(), pixel_fpr)})
     logger.info("threshold %.6g for target FRR %.3g (%s, %d %s scores); pixel threshold %s", record["threshold"],
                 record["target_frr"], estimator, record["n_scores"], record["calibration"], record["pixel_threshold"])
-    return record
+    return ThresholdRecord.from_dict(record)
 
 
-def write_decision(run_dir: Path, calibration: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+def write_decision(run_dir: Path, calibration: CalibrationRecord, **kwargs: Any) -> ThresholdRecord:
     """Derive the decision (:func:`decide`) and write ``threshold.json``; returns the record."""
     record = decide(calibration, **kwargs)
-    write_json(Path(run_dir) / "threshold.json", record)
+    record.write(run_dir)
     return record
 
 
-def read_calibration(run_dir: str | Path) -> dict[str, Any]:
+def read_calibration(run_dir: str | Path) -> CalibrationRecord:
     """``calibration.json``; for runs from before it existed, the validation scores of ``threshold.json``."""
     run_dir = Path(run_dir)
-    path = run_dir / CALIBRATION_FILE
-    if path.is_file():
-        record = read_dict(path, ("kind", "scores"))
+    if (run_dir / CALIBRATION_FILE).is_file():
+        record = CalibrationRecord.read(run_dir)
     else:
-        old = read_dict(run_dir / "threshold.json")
+        old = ThresholdRecord.read(run_dir)
         if "validation_scores" not in old:
             raise RunFolderError(f"{run_dir} has no {CALIBRATION_FILE} (nor validation scores in threshold.json); "
                                  f"run `anomaly fit` again")
-        record = {"kind": "validation", "folds": None, "scores": old["validation_scores"], "map_quantiles": None,
-                  "summary": old.get("validation_map_quantiles")}
-    scores = np.asarray(record["scores"], dtype=np.float64)
-    if scores.ndim != 1 or scores.size == 0 or not np.isfinite(scores).all():
-        raise RunFolderError(f"{path}: scores must be a non-empty list of finite numbers")
-    record["n_scores"] = int(scores.size)
+        record = CalibrationRecord.from_dict(
+            {"kind": "validation", "folds": None, "scores": old["validation_scores"], "map_quantiles": None,
+             "summary": old.get("validation_map_quantiles")}, run_dir / ThresholdRecord.FILE)
+    record.n_scores = len(record.scores)
     return record
-
-
-def map_summary(calibration: dict[str, Any]) -> dict[str, float] | None:
-    """Minimum, median, 99th percentile and maximum of the calibration map values (keys "0", "50", "99", "100")."""
-    if calibration.get("map_quantiles"):
-        return calibration["map_quantiles"]["summary"]
-    return calibration.get("summary")
 
 
 def resolve_folds(detector: Detector, folds: int | None) -> int:
     """0 (validation split) or the number of cross-fitting folds for ``detector``."""
     if folds is None:
-        return DEFAULT_FOLDS if supports_crossfit(detector) else 0
+        return DEFAULT_FOLDS if detector.crossfits else 0
     if folds == 0:
         return 0
     if folds < 2:
         raise ValueError(f"folds must be >= 2 (or 0 for a validation split), got {folds}")
-    if not supports_crossfit(detector):
+    if not detector.crossfits:
         raise ValueError(f"{detector.name} cannot be cross-fitted (it would train {folds} extra models); "
                          f"leave --folds out to calibrate on a validation split")
     return folds
 
 
-def decision_metrics(out: dict[str, np.ndarray], decision: dict[str, Any], regions: bool = True) -> dict[str, Any]:
+def decision_metrics(out: dict[str, np.ndarray], decision: ThresholdRecord, regions: bool = True) -> dict[str, Any]:
     """Realised FRR / recall with Wilson intervals, the oracle recall, and region detection (``regions``;
     left out when ``regions`` is False: a test set without masks)."""
     result = operating_point_metrics(out["labels"], out["image_scores"], float(decision["threshold"]),
@@ -177,5 +163,5 @@ def decision_metrics(out: dict[str, np.ndarray], decision: dict[str, Any], regio
     return result
 
 
-__all__ = ["CALIBRATION_FILE", "DEFAULT_FOLDS", "decide", "fit_and_calibrate", "map_summary", "read_calibration",
-           "resolve_folds", "decision_metrics", "supports_crossfit", "write_decision"]
+__all__ = ["CALIBRATION_FILE", "DEFAULT_FOLDS", "decide", "fit_and_calibrate", "read_calibration",
+           "resolve_folds", "decision_metrics", "write_decision"]

@@ -20,6 +20,7 @@ from anomaly.cli_data import add_check_data_command, add_data_arguments, check_b
 from anomaly.cli_service import add_service_commands
 from anomaly.inference import RUNTIME_HELP, RUNTIMES, iter_predictions, load_run, runtime_scorer
 from anomaly.models import METHODS
+from anomaly.models.registry import methods_help
 from anomaly.thresholds import DEFAULT_ESTIMATOR, DEFAULT_PIXEL_FPR, DEFAULT_TARGET_FRR, ESTIMATORS
 
 logger = logging.getLogger("anomaly")
@@ -90,7 +91,7 @@ def _compare(run_dir: str, target_frr: float, load_predictions: Callable) -> dic
     if not (Path(run_dir) / "predictions.npz").is_file():
         raise ValueError(f"--compare needs test predictions: run `anomaly evaluate --run-dir {run_dir}` first")
     out = load_predictions(run_dir)
-    calibration = read_calibration(run_dir)["scores"]
+    calibration = read_calibration(run_dir).scores
     return {"estimators": compare_estimators(calibration, out["labels"], out["image_scores"], target_frr),
             "conformal_with_fewer_scores": small_n_cost(calibration, out["labels"], out["image_scores"], target_frr)}
 
@@ -208,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("fit", help="check the data, fit a detector on good images and write a run folder")
-    p.add_argument("--method", required=True, choices=METHODS)
+    p.add_argument("--method", required=True, choices=METHODS, help=methods_help())
     add_data_arguments(p)
     p.add_argument("--allow-duplicates", action="store_true",
                    help="fit even when the data check finds duplicates across training and test images")

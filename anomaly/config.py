@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from anomaly.models import METHODS, get_detector_class
+from anomaly.models import METHODS, get_detector_class, method_spec
 from anomaly.thresholds import DEFAULT_ESTIMATOR, DEFAULT_PIXEL_FPR, DEFAULT_TARGET_FRR, check_decision
 from anomaly.utils import make_config
 
@@ -136,9 +136,9 @@ class RunConfig:
 
 def detector_params(method: str, image_size: int | None = None, epochs: int | None = None) -> dict[str, Any]:
     """Detector parameters from notebook parameters: None = the method's default (the one sentinel, as an absent
-    CLI flag); ``epochs`` is autoencoder-only and ignored for the other methods."""
+    CLI flag); ``epochs`` goes only to a method whose config has it (ignored for the others)."""
     params: dict[str, Any] = {"image_size": image_size} if image_size is not None else {}
-    if epochs is not None and method == "autoencoder":
+    if epochs is not None and "epochs" in {f.name for f in dataclasses.fields(method_spec(method).config_class)}:
         params["epochs"] = epochs
     return params
 

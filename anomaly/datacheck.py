@@ -42,7 +42,7 @@ from anomaly import folders as F
 from anomaly import thresholds as T
 from anomaly.datacheck_record import (CalibrationCheck, DataCheck, DuplicateGroup, ImageRecord, Problem,
                                      find_problems)
-from anomaly.models import get_detector_class
+from anomaly.models import method_spec
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ def calibration_check(cfg: dict[str, Any], n_good: int, n_validation_good: int =
         n_validation_good: MVTec AD ``validation/good`` images (a validation split gets them too).
     """
     method, folds = cfg["method"], cfg.get("folds")
-    crossfit = callable(getattr(get_detector_class(method), "fit_crossfit", None)) and folds != 0
+    crossfit = method_spec(method).crossfits and folds != 0
     if crossfit:
         n_scores = min(n_good, cfg.get("max_train") or n_good)
     else:
@@ -184,7 +184,8 @@ def calibration_check(cfg: dict[str, Any], n_good: int, n_validation_good: int =
         carved = int(round(fraction * n_train))
         n_scores = (min(max(carved, 1), n_train - 1) if fraction > 0 and n_train >= 2 else carved) + n_validation_good
     target, estimator = float(cfg.get("target_frr") or T.DEFAULT_TARGET_FRR), cfg.get("estimator") or T.DEFAULT_ESTIMATOR
-    rank = T.calibration_rank(n_scores, target, estimator) if n_scores else None
+    k = T.calibration_rank(n_scores, target, estimator) if n_scores else None
+    rank = k if k is not None and k <= n_scores else None  # None: the target is out of reach
     return CalibrationCheck(method=method, kind="crossfit" if crossfit else "validation", n_scores=n_scores,
                             target_frr=target, estimator=estimator, rank=rank, reachable=rank is not None,
                             n_needed=T.min_calibration_size(target, estimator),

@@ -21,9 +21,9 @@ from anomaly import calibration as C
 from anomaly import metrics as M
 from anomaly.geometry import Letterbox
 from anomaly.layout import Sample
+from anomaly.records import MetricsRecord
 from anomaly.thresholds import scores_at_threshold
 from anomaly.uncertainty import uncertainty_metrics
-from anomaly.utils import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +89,4 @@ def write_predictions(run_dir: str | Path, out: dict[str, np.ndarray], samples: 
 
 def write_metrics(run_dir: str | Path, metrics: dict[str, Any]) -> Path:
     """Write ``metrics.json`` (the one place it is written); returns its path."""
-    path = Path(run_dir) / METRICS_FILE
-    write_json(path, metrics)
-    return path
+    return MetricsRecord.from_dict(metrics).write(run_dir)

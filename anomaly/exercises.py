@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from anomaly.thresholds import conformal_rank, min_scores_for
+from anomaly.thresholds import calibration_rank, min_calibration_size
 from anomaly.wording import ordinal
 
 SOLUTION_TAG = "solution"
@@ -100,7 +100,7 @@ def _flag_all_f1(answer: Any, counts: Any) -> tuple[bool, str]:
 # -- 02: the conformal rank -----------------------------------------------------------------------
 def _rank(answer: Any, n: int, alpha: float) -> tuple[bool, str]:
     k_answer, reachable = answer
-    k = conformal_rank(n, alpha)
+    k = calibration_rank(n, alpha)
     if int(k_answer) == k and bool(reachable) == (k <= n):
         return True, (f"k = ⌈{n + 1} × {1 - alpha:g}⌉ = {k}" + (f" ≤ n: reachable." if k <= n else
                       f" > n = {n}: no {ordinal(k)} smallest of {n} scores exists, so the target cannot be met."))
@@ -114,11 +114,11 @@ def _rank(answer: Any, n: int, alpha: float) -> tuple[bool, str]:
 
 
 def _fewest_scores(answer: Any, alpha: float) -> tuple[bool, str]:
-    n_min, n = min_scores_for(alpha), int(answer)
+    n_min, n = min_calibration_size(alpha), int(answer)
     if n == n_min:
-        return True, (f"with n = {n}, k = {conformal_rank(n, alpha)} ≤ {n}; with n = {n - 1}, k = "
-                      f"{conformal_rank(n - 1, alpha)} > {n - 1}.")
-    k = conformal_rank(n, alpha) if n >= 1 else None
+        return True, (f"with n = {n}, k = {calibration_rank(n, alpha)} ≤ {n}; with n = {n - 1}, k = "
+                      f"{calibration_rank(n - 1, alpha)} > {n - 1}.")
+    k = calibration_rank(n, alpha) if n >= 1 else None
     if k is not None and k <= n:
         return False, f"{n} scores reach it (k = {k}), but so do fewer: look for the smallest n with k ≤ n."
     return False, f"with n = {n} the rank k = {k} exceeds n: more scores are needed (solve (n + 1)(1 − alpha) ≤ n)."
@@ -213,7 +213,7 @@ def _bootstrap(answer: Any, metrics: dict) -> tuple[bool, str]:
 def _rethreshold(answer: Any, scores: Sequence[float], alpha: float) -> tuple[bool, str]:
     values = np.sort(np.asarray(scores, dtype=np.float64))
     n = values.size
-    k = conformal_rank(n, alpha)
+    k = calibration_rank(n, alpha)
     if k > n:
         expected = float(values[-1])
         if _close(answer, expected, 1e-9 * max(1.0, abs(expected))):
@@ -232,7 +232,7 @@ def _rethreshold(answer: Any, scores: Sequence[float], alpha: float) -> tuple[bo
 
 
 def _reinspections(answer: Any, n: int, alpha: float, good_parts: int) -> tuple[bool, str]:
-    k = conformal_rank(n, alpha)
+    k = calibration_rank(n, alpha)
     rate = max(n + 1 - k, 0) / (n + 1)  # the expected share of good parts above the k-th of n scores
     expected = good_parts * rate
     if _close(answer, expected, 1e-6 * max(1.0, expected)):

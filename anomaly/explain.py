@@ -16,6 +16,7 @@ import torch
 from anomaly import dataset as DS
 from anomaly.folders import run_data
 from anomaly.inference import load_run
+from anomaly.models.registry import method_spec
 from anomaly.utils import read_json
 from anomaly.wording import calibration_text as text
 
@@ -32,58 +33,14 @@ def run_dir_for(method: str, run_dir: str | None = None, root: str = RUNS_ROOT) 
 
 
 def method_notes(run_dir: str | Path) -> str:
-    """Markdown explaining what the run's method fitted and how it scores, with this run's numbers."""
+    """Markdown explaining what the run's method fitted and how it scores, with this run's numbers
+    (the method's spec ``notes``; a method without notes shows its one-line summary)."""
     run_dir = Path(run_dir)
     model, fit = read_json(run_dir / "model.json"), read_json(run_dir / "fit.json")
-    method, cfg, n = model["method"], model["config"], fit["n_train"]
-    if method == "intensity":
-        return ("**No learning.** The map is each pixel's grey-level distance from the image's own median grey, "
-                f"smoothed (sigma {cfg['smooth_sigma']:g} px); the score is its maximum. The {n} good images are "
-                "only looked at, nothing is fitted: this is the floor every learned method must clear.")
-    if method == "autoencoder":
-        return ("**Training loss and reconstructions.** The loss should fall and flatten. Then the original "
-                "study's figure: input | reconstruction | error map (outline = ground truth). A good autoencoder "
-                "redraws the part but not the defect; in practice it also blurs fine detail everywhere, which "
-                "raises the error of good images too.")
-    if method == "padim":
-        return _padim_notes(run_dir, cfg, n)
-    return _patchcore_notes(cfg, n)
-
-
-def _padim_notes(run_dir: Path, cfg: dict[str, Any], n: int) -> str:
-    state = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
-    inv = state["inv_covariance"]  # (P, d, d)
-    d = inv.shape[-1]
-    centre = inv[inv.shape[0] // 2].double()
-    top = float(torch.linalg.eigvalsh(centre)[-1])
-    return (f"**Why PaDiM needs $\\epsilon I$.** Each position's covariance $\\Sigma_{{ij}}$ is {d} x {d}, "
-            f"estimated from {n} feature vectors (one per good image). With $N \\le d$ vectors it is singular "
-            f"(rank $\\le N-1$); with {n} it is invertible but its smallest eigenvalues are noise, and "
-            f"$\\Sigma^{{-1}}$ would blow them up, so PaDiM adds $\\epsilon I$ ($\\epsilon$ = {cfg['eps']:g}). "
-            f"Measured on this run: the largest eigenvalue of $\\Sigma^{{-1}}$ at the centre position is {top:.3g}, "
-            f"never above $1/\\epsilon$ = {1 / cfg['eps']:.0f}. This run has {n / d:.1f} feature vectors per "
-            f"dimension; a real category's training set is of the same order (a few hundred good images at most), "
-            f"so the regulariser does real work there too.")
-
-
-def _patchcore_notes(cfg: dict[str, Any], n: int) -> str:
-    return (f"**Locally aware patches.** Each patch feature averages its {cfg['patch_size']} x {cfg['patch_size']} "
-            f"neighbourhood of backbone features (strides {cfg['strides']} concatenated), so a patch describes a "
-            f"small region and tolerates a one-cell shift.\n\n"
-            f"**Greedy coreset.** Of the {n} images' patches, the bank keeps {100 * cfg['coreset_ratio']:g} % "
-            f"(at least {cfg['coreset_min_size']}), chosen greedily: start from a random patch, then repeatedly "
-            f"add the patch farthest from everything chosen so far (k-centre, in a random "
-            f"{cfg['projection_dim']}-d projection). The bank then covers every kind of good patch, rare ones included.\n\n"
-            f"**The image score is not the map's maximum.** With $m^{{test,*}}$ the most anomalous test patch, "
-            f"$m^*$ its nearest bank feature and $s^*$ their distance, Eq. 7 re-weights "
-            f"$s = \\big(1-\\frac{{\\exp\\lVert m^{{test,*}}-m^*\\rVert}}{{\\sum_{{m\\in\\mathcal N_b(m^*)}}"
-            f"\\exp\\lVert m^{{test,*}}-m\\rVert}}\\big)\\,s^*$ over the {cfg['num_neighbors']} bank neighbours "
-            f"$\\mathcal N_b(m^*)$: a patch whose nearest good patch sits in a sparse region of the bank (itself "
-            f"unusual) counts more. Because $m^*$ is the NEAREST bank feature, its softmax share is at most "
-            f"$1/k$, so the weight lies in $[1-1/k, 1)$ = [{1 - 1 / cfg['num_neighbors']:.3f}, 1) for k = "
-            f"{cfg['num_neighbors']}: Eq. 7 can only lower $s^*$, and by little. The map stays the plain "
-            f"nearest-neighbour distance, upsampled and smoothed (sigma {cfg['smooth_sigma']:g} px), which lowers "
-            f"a one-patch peak; the nearest-neighbour view below puts the three numbers side by side.")
+    spec = method_spec(model["method"])
+    if spec.notes is None:
+        return f"**{spec.name}.** {spec.summary[:1].upper()}{spec.summary[1:]}."
+    return spec.notes(run_dir, model["config"], fit["n_train"])
 
 
 def nearest_patch_pair(run_dir: str | Path, n_search: int = 30, device: str = "cpu") -> dict[str, Any]:

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from anomaly.geometry import letterbox_batch, maps_to_input
-from anomaly.models import Detector, Prediction
+from anomaly.models import EXPORTABLE, Detector, Prediction
 from anomaly.runs import file_sha256, is_current, read_dict
 from anomaly.utils import write_json
 
@@ -41,7 +41,6 @@ PARITY_FILE = "onnx_parity.json"
 OPSET = 17
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("image_scores", "anomaly_maps")
-EXPORTABLE = ("patchcore", "padim")
 PARITY_RTOL = 1e-3  # largest score-relative difference of scores and maps accepted by "auto"
 
 

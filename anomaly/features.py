@@ -32,11 +32,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
 
-import timm
 import torch
 import torch.nn.functional as F
-from timm.layers import BatchNormAct2d
-from timm.models.efficientnet import EfficientNet
 from torch import nn
 
 logger = logging.getLogger(__name__)
@@ -113,6 +110,8 @@ def create_backbone(backbone: str = DEFAULT_BACKBONE, weights: str | Path | None
             f"backbone {backbone!r} has no bundled weights: pass weights=PATH (a local state_dict file) "
             f"or use one of {', '.join(sorted(LITE_PACKAGES))}"
         )
+    import timm  # deferred (about 1.5 s): listing the methods (CLI help, the registry) must not pay for it
+
     try:
         model = timm.create_model(arch, pretrained=False)
     except RuntimeError as err:  # timm raises RuntimeError("Unknown model ...")
@@ -151,6 +150,8 @@ def fold_batchnorm(module: nn.Module) -> None:
     execution order in timm's EfficientNet blocks) by its ``BatchNorm2d`` child. The BN's
     activation (``BatchNormAct2d.act``) is kept.
     """
+    from timm.layers import BatchNormAct2d  # deferred with timm (see create_backbone)
+
     names = list(module._modules)
     for conv_name, bn_name in zip(names, names[1:]):
         conv, bn = module._modules[conv_name], module._modules[bn_name]
@@ -219,6 +220,8 @@ class FeatureExtractor(nn.Module):
         self.indices = [reductions.index(s) for s in self.strides]
         self.channels = [int(model.feature_info[i]["num_chs"]) for i in self.indices]
         model.prune_intermediate_layers(self.indices, prune_head=True)  # drops layers past the deepest one
+        from timm.models.efficientnet import EfficientNet  # deferred with timm (see create_backbone)
+
         if fold_bn and isinstance(model, EfficientNet):
             fold_batchnorm(model)
         self.model = model.eval().requires_grad_(False).to(memory_format=torch.channels_last)

@@ -31,7 +31,8 @@ from anomaly import export as E
 from anomaly.decoding import decode_image
 from anomaly.geometry import Letterbox
 from anomaly.models import Detector, Prediction, load_detector
-from anomaly.runs import check_run_dir, read_config, read_dict, read_metrics, read_threshold
+from anomaly.records import MetricsRecord, ThresholdRecord
+from anomaly.runs import check_run_dir, read_config, read_dict
 from anomaly.utils import printable, resolve_device
 
 logger = logging.getLogger(__name__)
@@ -82,14 +83,9 @@ class CalibrationSummary:
 def read_decision(run_dir: str | Path) -> Decision:
     """``threshold.json`` of ``run_dir`` as a :class:`Decision` (a NaN or non-numeric threshold is refused,
     named); the one reader of the file for inference."""
-    run_dir = Path(run_dir)
-    threshold = read_threshold(run_dir)
-    record = read_dict(run_dir / THRESHOLD_FILE)
-    pixel = record.get("pixel_threshold")
-    pixel = float(pixel) if isinstance(pixel, (int, float)) and np.isfinite(pixel) else None
-    scalars = {k: v for k, v in record.items() if v is None or isinstance(v, (bool, int, float, str))}
-    return Decision(threshold, pixel, record.get("target_frr"), record.get("estimator"), record.get("n_scores"),
-                    scalars)
+    record = ThresholdRecord.read(run_dir)  # the typed record (anomaly.records) checks every field
+    return Decision(record.threshold, record.pixel_threshold, record.target_frr, record.estimator, record.n_scores,
+                    record.scalars())
 
 
 def read_calibration_summary(run_dir: str | Path) -> CalibrationSummary:
@@ -98,7 +94,7 @@ def read_calibration_summary(run_dir: str | Path) -> CalibrationSummary:
     from anomaly import calibration as C  # deferred: it imports scipy.stats and pandas, not needed at CLI start-up
 
     record = C.read_calibration(run_dir)
-    return CalibrationSummary(record["kind"], record.get("folds"), record["n_scores"], C.map_summary(record))
+    return CalibrationSummary(record["kind"], record.get("folds"), record["n_scores"], record.map_summary())
 
 
 # -- a loaded run ----------------------------------------------------------------------------------------
@@ -139,7 +135,8 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
     marker = check_run_dir(run_dir)
     detector = load_detector(run_dir, device=resolve_device(device))
     config = read_config(run_dir, detector.name)
-    metrics = read_metrics(run_dir, marker)
+    record = MetricsRecord.read_current(run_dir, marker["model_sha256"])
+    metrics = None if record is None else record.as_dict()
     return Run(run_dir, detector, config, read_decision(run_dir), read_calibration_summary(run_dir), metrics,
                marker["model_sha256"])
 

@@ -22,6 +22,8 @@ from PIL import Image
 
 from anomaly.folders import list_image_files
 from anomaly.pipeline import evaluate_run
+from anomaly.calibration import read_calibration
+from anomaly.records import ThresholdRecord
 from anomaly.scenes import DEFECT_TYPES
 from anomaly.synthetic import render_sample
 from anomaly.thresholds import calibration_rank
@@ -121,7 +123,7 @@ def evaluate_or_explain(run_dir: str | Path, device: str = "auto") -> tuple[dict
 def run_summary(run_dir: str | Path) -> str:
     """What the run was fitted and calibrated on, from ``config.json``, ``calibration.json``, ``threshold.json``."""
     run_dir = Path(run_dir)
-    cfg, cal, dec = (read_json(run_dir / f) for f in ("config.json", "calibration.json", "threshold.json"))
+    cfg, cal, dec = read_json(run_dir / "config.json"), read_calibration(run_dir), ThresholdRecord.read(run_dir)
     held = len(cfg.get("held_out_good") or [])
     how = (f"{cal['folds']}-fold cross-fitted scores of all {cal['n_scores']} good training images"
            if cal["kind"] == "crossfit" else f"the scores of {cal['n_scores']} good validation images")
@@ -147,7 +149,7 @@ def operating_point_summary(metrics: dict[str, Any], line_frr: float) -> str:
         f"maximum, and more good images are needed.")
     n_cal = metrics.get("n_calibration_scores")
     rank = calibration_rank(n_cal, line_frr, metrics.get("estimator") or "conformal") if n_cal else None
-    if rank is not None and rank == n_cal:
+    if rank == n_cal:
         reach += (f" With {n_cal} calibration scores the threshold is the {rank}-th smallest, i.e. the largest: one "
                   f"unusual good photo sets it, and more good photos would give the target room.")
     oracle = metrics.get("oracle_recall_at_frr")
@@ -166,7 +168,7 @@ def operating_point_summary(metrics: dict[str, Any], line_frr: float) -> str:
 def station_commands(run_dir: str | Path, images: str | Path) -> str:
     """The commands that put the run on the line, as a markdown code block."""
     run_dir = Path(run_dir)
-    target = read_json(run_dir / "threshold.json")["target_frr"]
+    target = ThresholdRecord.read(run_dir).target_frr
     return ("```bash\n"
             f"anomaly serve --run-dir {run_dir}                      # the inspection page at http://127.0.0.1:8000\n"
             f"anomaly predict --run-dir {run_dir} {images} --csv {run_dir}/inspection.csv   # a folder -> CSV\n"

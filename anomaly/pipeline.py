@@ -41,12 +41,13 @@ from anomaly import evaluation as E
 from anomaly import folders as F
 from anomaly import layout as L
 from anomaly.config import RunConfig
-from anomaly.dataset import make_loader, read_image
+from anomaly.dataset import make_loader
 from anomaly.geometry import Letterbox
 from anomaly.inference import load_run, select_scorer
 from anomaly.memory import peak_rss_mib
 from anomaly.models import Detector, create_detector, get_detector_class
-from anomaly.runs import atomic_run_dir, check_run_dir, read_dict, read_metrics, read_predictions
+from anomaly.records import MetricsRecord, ThresholdRecord
+from anomaly.runs import atomic_run_dir, check_run_dir, read_dict, read_predictions
 from anomaly.thresholds import DEFAULT_ESTIMATOR, DEFAULT_PIXEL_FPR
 from anomaly.utils import resolve_device, seed_everything, write_json
 
@@ -129,7 +130,7 @@ def fit_run(config: RunConfig, run_dir: str | Path, data_check: Any = None) -> P
         detector, make_loader(train, size, c.batch_size, shuffle=not n_folds, seed=c.seed), n_folds, c.seed,
         validation)
     detector.save(run_dir)
-    write_json(run_dir / C.CALIBRATION_FILE, calibration)
+    calibration.write(run_dir)
     C.write_decision(run_dir, calibration, target_frr=c.target_frr, estimator=c.estimator, pixel_fpr=c.pixel_fpr)
     write_json(run_dir / "fit.json", {"fit_seconds": fit_seconds, "n_train": len(train),
                                       "history": list(getattr(detector, "history", [])),
@@ -164,7 +165,7 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", data: str | Path | N
         raise ValueError(f"run {run_dir} has no test evaluation -- {note}")
     scorer, used = select_scorer(run, runtime, threads=threads)
     out = predict_loader(scorer, make_loader(splits.test, run.image_size, cfg["batch_size"]), desc="test")
-    decision = read_dict(Path(run_dir) / "threshold.json", ("threshold",))
+    decision = ThresholdRecord.read(run_dir)
     metrics = E.evaluation_metrics(E.image_area_only(out), splits.test, decision, pixel=test_data.has_masks)
     metrics["has_masks"] = test_data.has_masks
     fit_info = read_dict(Path(run_dir) / "fit.json", ("fit_seconds",))
@@ -192,17 +193,17 @@ def rethreshold_run(run_dir: str | Path, target_frr: float, estimator: str = DEF
     marker = check_run_dir(run_dir)
     calibration = C.read_calibration(run_dir)
     if pixel_fpr is None:
-        pixel_fpr = read_dict(run_dir / "threshold.json").get("pixel_fpr") or DEFAULT_PIXEL_FPR
+        pixel_fpr = ThresholdRecord.read(run_dir).pixel_fpr or DEFAULT_PIXEL_FPR
     decision = C.write_decision(run_dir, calibration, target_frr=target_frr, estimator=estimator,
                                 pixel_fpr=pixel_fpr)
-    metrics = read_metrics(run_dir, marker)
-    if metrics is None or not (run_dir / "predictions.npz").is_file():
-        return {"threshold": decision, "metrics": None}
+    record = MetricsRecord.read_current(run_dir, marker["model_sha256"])
+    if record is None or not (run_dir / "predictions.npz").is_file():
+        return {"threshold": decision.as_dict(), "metrics": None}
     out = read_predictions(run_dir)
-    metrics.update(E.evaluation_metrics(out, list(out["defect_types"]), decision,
-                                        pixel=metrics.get("has_masks", True)))
+    metrics = {**record.as_dict(), **E.evaluation_metrics(out, list(out["defect_types"]), decision,
+                                                           pixel=record.get("has_masks", True))}
     E.write_metrics(run_dir, metrics)
-    return {"threshold": decision, "metrics": metrics}
+    return {"threshold": decision.as_dict(), "metrics": metrics}
 
 
 def check_split_sizes(train: Sequence[L.Sample], validation: Sequence[L.Sample], val_fraction: float) -> None:

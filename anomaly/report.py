@@ -24,6 +24,7 @@ from typing import Any, Iterator, Sequence
 import papermill
 
 from anomaly import course, evidence, exercises, offline_html, pairwise, seeds, synthetic, viz
+from anomaly.models.registry import REPORT_METHODS, method_spec
 from anomaly.run_results import comparison_examples, load_results
 
 logger = logging.getLogger(__name__)
@@ -31,33 +32,34 @@ logger = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]  # the source checkout, when the package runs from one
 PACKAGED_NOTEBOOKS = Path(__file__).resolve().parent / "notebooks"  # where a wheel installs them (package data)
 KERNEL = "python3"
-METHODS = ("intensity", "autoencoder", "padim", "patchcore")  # intensity: the no-learning baseline
+METHODS = REPORT_METHODS  # every registered method, the no-learning baseline(s) first
 PER_METHOD = ("02_training", "03_evaluation")  # executed once per method
 # The kernels inherit these: no progress bars (or tqdm's "IProgress not found" warning) in the executed notebooks.
 # QT_API: with ipywidgets installed, tqdm.auto would draw widget bars, which ignore TQDM_DISABLE; a set QT_API makes
 # it pick the console bar (tqdm.autonotebook), which honours it. Nothing here uses Qt.
 KERNEL_ENV = {"TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore:IProgress not found", "QT_API": "headless-report"}
-# Defaults sized for 2 CPU cores: under 10 minutes for the synthetic report, under 20 for MVTec AD screw. The
-# autoencoder trains 30 (synthetic) or 50 (real) epochs instead of its default 100 -- about 2.5 s per epoch over 180
-# images at 128 px on an idle 2-core machine; notebook 02 shows whether its loss is still falling. The data-efficiency
-# sweep fits PatchCore per seed at every size; seed 0's full-set point reuses the run of notebook 02. The
-# autoencoder is fitted with 3 training seeds (notebook 02's `seeds`): its verdicts must hold for each. Real data
-# otherwise uses the models' defaults (None = the method's own default: autoencoder 128 px, PaDiM and PatchCore 320 px, intensity 256).
+# Defaults sized for 2 CPU cores: under 10 minutes for the synthetic report, under 20 for MVTec AD screw. Each
+# method's own notebook parameters per profile (image size, epochs) are its spec's ``report``
+# (anomaly.models.registry.MethodSpec): the autoencoder trains 30 (synthetic) or 50 (real) epochs instead of its
+# default 100 -- about 2.5 s per epoch over 180 images at 128 px on an idle 2-core machine; notebook 02 shows whether
+# its loss is still falling; real data otherwise uses the models' defaults (None = the method's own default). The
+# data-efficiency sweep fits PatchCore per seed at every size; seed 0's full-set point reuses the run of notebook 02.
+# The autoencoder is fitted with 3 training seeds (notebook 02's `seeds`): its verdicts must hold for each.
 # The data-efficiency sweep runs 3 seeds (a band in notebook 05); on the synthetic data one subset size + the full
 # set, so that `make report` (with the autoencoder's 3 seeds) stays under 10 minutes.
-PROFILES: dict[str, dict[str, dict[str, Any]]] = {
+NOTEBOOK_PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "synthetic": {"01_data_exploration": {"image_size": 128},
-                  "intensity": {"image_size": 256, "epochs": None},
-                  "autoencoder": {"image_size": 128, "epochs": 30}, "padim": {"image_size": 256},
-                  "patchcore": {"image_size": 256},
                   "05_method_comparison": {"efficiency_methods": ["patchcore"], "image_size": 256,
                                            "efficiency_sizes": [25], "efficiency_seeds": 3}},
-    "real": {"01_data_exploration": {"image_size": 256}, "intensity": {"image_size": None, "epochs": None},
-             "autoencoder": {"image_size": None, "epochs": 50}, "padim": {"image_size": None},
-             "patchcore": {"image_size": None},
+    "real": {"01_data_exploration": {"image_size": 256},
              "05_method_comparison": {"efficiency_methods": ["patchcore"], "image_size": None,
                                       "efficiency_sizes": [10, 25, 50, 100], "efficiency_seeds": 3}},
 }
+
+
+def profile_parameters(profile: str) -> dict[str, dict[str, Any]]:
+    """The injected parameters of ``profile`` (``synthetic``/``real``): per notebook stem and per method (its spec)."""
+    return {**NOTEBOOK_PROFILES[profile], **{m: dict(method_spec(m).report[profile]) for m in METHODS}}
 
 
 @dataclass
@@ -171,7 +173,7 @@ def plan_jobs(sources: Sequence[Path], data: str, category: str, runs_dir: str, 
 
     ``build_record``: the timings file the notebooks' headers read (``OUT/timings.json``).
     """
-    defaults = PROFILES[profile]
+    defaults = profile_parameters(profile)
     run_dirs = {m: f"{runs_dir}/{m}" for m in METHODS}
     inspected = {p: papermill.inspect_notebook(str(p)) for p in sources}
     known = {p: set(params) for p, params in inspected.items()}

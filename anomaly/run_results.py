@@ -22,8 +22,8 @@ from anomaly.calibration import read_calibration
 from anomaly.exploration import examples, load_samples
 from anomaly.folders import run_data
 from anomaly.inference import display_range, load_run
-from anomaly.runs import (RunFolderError, check_run_dir, read_dict, read_metrics, read_predictions,
-                          read_threshold)
+from anomaly.records import MetricsRecord, RunFolderError, ThresholdRecord
+from anomaly.runs import check_run_dir, read_dict, read_predictions
 from anomaly.utils import read_json
 from anomaly.wording import fmt_ci
 
@@ -74,14 +74,15 @@ def load_results(run_dir: str | Path) -> RunResults:
     """
     run_dir = Path(run_dir)
     marker = check_run_dir(run_dir)
-    metrics = read_metrics(run_dir, marker)
+    metrics = MetricsRecord.read_current(run_dir, marker["model_sha256"])
     if metrics is None:
         raise RunFolderError(f"{run_dir} has no metrics.json of its own model: run `anomaly evaluate` "
                              f"(or notebook 03) first")
     method = read_dict(run_dir / "model.json", ("method",))["method"]
     rng = display_range(run_dir)
-    return RunResults(run_dir, method, read_predictions(run_dir), metrics, read_threshold(run_dir),
-                      np.asarray(read_calibration(run_dir)["scores"]), (rng["vmin"], rng["vmax"]))
+    return RunResults(run_dir, method, read_predictions(run_dir), metrics.as_dict(),
+                      ThresholdRecord.read(run_dir).threshold, np.asarray(read_calibration(run_dir).scores),
+                      (rng["vmin"], rng["vmax"]))
 
 
 def metrics_table(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
@@ -92,7 +93,7 @@ def metrics_table(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
                "f1_max_oracle", "f1_flag_all", "fit_seconds", "predict_ms_per_image"]
     rows = {}
     for run_dir in run_dirs:
-        metrics = read_json(Path(run_dir) / "metrics.json")
+        metrics = MetricsRecord.read(run_dir)
         row = {c: metrics.get(c, np.nan) for c in columns}
         row["input_px"] = read_json(Path(run_dir) / "model.json")["config"]["image_size"]
         if metrics.get("tp", 1) + metrics.get("fp", 0) == 0:

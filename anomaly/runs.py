@@ -8,10 +8,10 @@ previous run stays as it was; a fit killed at any moment leaves either the old f
 complete one (a ``SIGKILL`` may leave the hidden sibling behind; nothing reads it).
 
 Everything read from a run folder is checked here and named in the error: the marker and the
-files it lists, the model fingerprint, ``config.json`` keys, a finite threshold in
-``threshold.json``. ``metrics.json`` and ``model.onnx`` carry the fingerprint of the model they were
-computed from (``model_sha256``, as in the marker), so a stale one is recognised
-(:func:`is_evaluated`, :func:`is_current`).
+files it lists, the model fingerprint, ``config.json`` keys; the typed records (``threshold.json``,
+``calibration.json``, ``metrics.json``) are checked by their models in :mod:`anomaly.records`.
+``metrics.json`` and ``model.onnx`` carry the fingerprint of the model they were computed from
+(``model_sha256``, as in the marker), so a stale one is recognised (:func:`is_evaluated`, :func:`is_current`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import functools
 import hashlib
 import inspect
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -33,7 +32,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from anomaly.utils import read_json, write_json
+from anomaly.records import MetricsRecord, RunFolderError, read_dict
+from anomaly.utils import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -45,10 +45,6 @@ PREDICTIONS = "predictions.npz"
 PREDICTION_KEYS = ("image_scores", "labels", "anomaly_maps", "gt_masks", "defect_types", "image_paths")
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
-
-
-class RunFolderError(ValueError):
-    """A run folder that is incomplete, stale or malformed; the message names the file."""
 
 
 def atomic_run_dir(fit: Callable[..., Any]) -> Callable[..., Path]:
@@ -178,20 +174,6 @@ def check_run_dir(run_dir: str | Path) -> dict[str, Any]:
     return marker
 
 
-def read_dict(path: Path, required: tuple[str, ...] = ()) -> dict[str, Any]:
-    """A JSON object from ``path`` holding the ``required`` keys; RunFolderError names the file otherwise."""
-    try:
-        obj = read_json(path)
-    except ValueError as err:  # json.JSONDecodeError, UnicodeDecodeError
-        raise RunFolderError(f"{path} is not valid JSON: {err}") from None
-    if not isinstance(obj, dict):
-        raise RunFolderError(f"{path} must hold a JSON object, got {type(obj).__name__}")
-    missing = [key for key in required if key not in obj]
-    if missing:
-        raise RunFolderError(f"{path} lacks {', '.join(missing)}")
-    return obj
-
-
 def read_config(run_dir: Path, method: str) -> dict[str, Any]:
     """``config.json``, with the keys evaluation reads and the same method as ``model.json``."""
     config = read_dict(run_dir / "config.json", CONFIG_KEYS)
@@ -199,27 +181,6 @@ def read_config(run_dir: Path, method: str) -> dict[str, Any]:
         raise RunFolderError(f"{run_dir / 'config.json'} says method {config['method']!r} but model.json holds a "
                              f"{method!r} model: the folder mixes two runs")
     return config
-
-
-def read_threshold(run_dir: Path) -> float:
-    """The decision threshold of ``threshold.json``; NaN, infinite or non-numeric ones are refused."""
-    path = run_dir / "threshold.json"
-    value = read_dict(path, ("threshold",))["threshold"]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise RunFolderError(f"{path}: threshold must be a finite number, got {value!r}")
-    return float(value)
-
-
-def read_metrics(run_dir: Path, marker: dict[str, Any]) -> dict[str, Any] | None:
-    """``metrics.json`` when it was computed from this run's model; ``None`` when absent or stale."""
-    path = run_dir / "metrics.json"
-    if not path.is_file():
-        return None
-    metrics = read_dict(path)
-    if not is_current(metrics, marker["model_sha256"]):
-        logger.warning("ignoring %s: it was computed from another model than %s", path, run_dir / MODEL_STATE)
-        return None
-    return metrics
 
 
 def read_predictions(run_dir: str | Path) -> dict[str, np.ndarray]:
@@ -256,7 +217,7 @@ def is_current(record: dict[str, Any], model_sha256: str) -> bool:
 def is_evaluated(run_dir: str | Path) -> bool:
     """Whether ``run_dir`` is a complete run with a ``metrics.json`` of its own model (``--resume``)."""
     try:
-        return read_metrics(Path(run_dir), check_run_dir(run_dir)) is not None
+        return MetricsRecord.read_current(run_dir, check_run_dir(run_dir)["model_sha256"]) is not None
     except (FileNotFoundError, RunFolderError) as err:
         logger.info("%s is not an evaluated run: %s", run_dir, err)
         return False

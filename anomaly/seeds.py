@@ -23,6 +23,7 @@ import pandas as pd
 from anomaly.config import RunConfig
 from anomaly.models import BASELINES, TRAINED
 from anomaly.pipeline import evaluate_run, fit_run
+from anomaly.records import MetricsRecord
 from anomaly.runs import is_evaluated
 from anomaly.utils import read_json, write_json
 
@@ -100,7 +101,7 @@ def seed_table(run_dir: str | Path, metrics: Sequence[str] = SPREAD_METRICS) -> 
     for other in seed_runs(run_dir):
         if not is_evaluated(other):
             continue
-        m, seed = read_json(other / "metrics.json"), read_json(other / "config.json")["seed"]
+        m, seed = MetricsRecord.read(other), read_json(other / "config.json")["seed"]
         rows[f"seed {seed}"] = {k: m.get(k, np.nan) for k in metrics}
     table = pd.DataFrame.from_dict(rows, orient="index", columns=list(metrics)).astype(float)
     if len(table) > 1:
@@ -112,7 +113,7 @@ def seed_table(run_dir: str | Path, metrics: Sequence[str] = SPREAD_METRICS) -> 
 
 def spread(run_dir: str | Path, metric: str = "image_auroc") -> dict[str, Any] | None:
     """``{"n", "mean", "sd", "min", "max", "values"}`` of ``metric`` over the evaluated seed runs; None below 2."""
-    values = [float(read_json(d / "metrics.json")[metric]) for d in seed_runs(run_dir) if is_evaluated(d)]
+    values = [float(MetricsRecord.read(d)[metric]) for d in seed_runs(run_dir) if is_evaluated(d)]
     if len(values) < 2:
         return None
     arr = np.asarray(values)
@@ -133,7 +134,7 @@ def spread_text(run_dir: str | Path, method: str, metric: str = "image_auroc") -
     if s is None:
         return (f"Only one training seed of `{method}` was evaluated: no statement about it can be told apart "
                 f"from training randomness. Set `seeds` to 3 or more in notebook 02.")
-    ci = read_json(Path(run_dir) / "metrics.json").get(f"{metric}_ci") or [np.nan, np.nan]
+    ci = MetricsRecord.read(run_dir).get(f"{metric}_ci") or [np.nan, np.nan]
     name = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO@0.3"}.get(metric, metric)
     return (f"Over {s['n']} training seeds the {name} is {s['mean']:.3f} on average (sd {s['sd']:.3f}, "
             f"range {s['min']:.3f}-{s['max']:.3f}); the first seed's 95 % bootstrap interval over test images is "

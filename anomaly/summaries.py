@@ -16,6 +16,8 @@ import torch
 from anomaly.calibration import read_calibration
 from anomaly.evidence import precision_of
 from anomaly.pairwise import verdict
+from anomaly.models.registry import method_spec
+from anomaly.records import MetricsRecord, ThresholdRecord
 from anomaly.run_results import RunResults, fitted_state_table
 from anomaly.runs import is_evaluated
 from anomaly.seeds import seed_runs
@@ -107,7 +109,7 @@ def summarise_efficiency(table: pd.DataFrame, metric: str = "image_auroc") -> st
 
 def colour_range_text(results: RunResults) -> str:
     """Markdown: what the gallery's colours mean for this run, read from its good calibration maps."""
-    q = (read_calibration(results.run_dir).get("map_quantiles") or {}).get("summary")
+    q = read_calibration(results.run_dir).map_summary()
     if not q:
         return "This run recorded no calibration map quantiles: each map is drawn in its own range."
     return (f"The colour scale of `{results.method}` runs from {q['50']:.4g} (the median pixel of its good calibration "
@@ -130,13 +132,9 @@ def outline_text(results: RunResults, indices: Sequence[int]) -> str:
             f"map that reaches it (scores {', '.join(f'{v:.3g}' for v in scores)}; map peaks "
             f"{', '.join(f'{v:.3g}' for v in peaks)}).")
     cfg = read_json(Path(results.run_dir) / "model.json")["config"]
-    if results.method == "patchcore":
-        k, sigma = cfg["num_neighbors"], cfg["smooth_sigma"]
-        text += (f" PatchCore's image score is the worst patch's nearest-neighbour distance s* times Eq. 7's weight, "
-                 f"which lies in [1 − 1/k, 1) = [{1 - 1 / k:.3f}, 1) for its k = {k} neighbours: Eq. 7 can only lower "
-                 f"the score, and by little. The map is the same distances upsampled and smoothed (Gaussian, sigma "
-                 f"{sigma:g} px), which spreads a one-patch peak and lowers it: it is the smoothing that leaves a "
-                 f"flagged part without an outlined region.")
+    note = method_spec(results.method).score_note
+    if note is not None:
+        text += note(cfg)
     elif flagged > outlined:
         text += " The map is resized to the image after scoring; its peak can differ slightly from the score."
     else:
@@ -182,7 +180,8 @@ def summarise_data(counts: pd.DataFrame, areas: pd.DataFrame, std_image: torch.T
 def summarise_fit(run_dir: str | Path) -> str:
     """Markdown: what the run fitted, on how many images, how long it took, and its calibrated threshold."""
     run_dir = Path(run_dir)
-    config, fit, thr = (read_json(run_dir / f) for f in ("config.json", "fit.json", "threshold.json"))
+    config, fit = read_json(run_dir / "config.json"), read_json(run_dir / "fit.json")
+    thr = ThresholdRecord.read(run_dir)
     model = read_json(run_dir / "model.json")
     state = fitted_state_table(run_dir)
     calibration = read_calibration(run_dir)
@@ -195,7 +194,9 @@ def summarise_fit(run_dir: str | Path) -> str:
              f"state holds {state['values'].sum():,} numbers ({state['MiB'].sum():.1f} MiB).",
              f"- Threshold {thr['threshold']:.4g}: the {rule} from {plural(len(val), 'good ' + calibration['kind'] + ' score')} "
              f"(range {val.min():.4g} .. {val.max():.4g}); no test image was used."]
-    lines += _feature_lines(model["config"], state, fit["n_train"])
+    spec = method_spec(model["method"])
+    if spec.fit_lines is not None:  # facts about the fitted state (feature grid, memory bank, Gaussians)
+        lines += spec.fit_lines(model["config"], state, fit["n_train"])
     history = fit.get("history") or []
     if len(history) > 1:
         lines.append(f"- Training loss went from {history[0]:.4g} to {history[-1]:.4g} over {len(history)} epochs "
@@ -205,30 +206,9 @@ def summarise_fit(run_dir: str | Path) -> str:
     return "\n".join(lines)
 
 
-def _feature_lines(config: dict[str, Any], state: pd.DataFrame, n_train: int) -> list[str]:
-    """Feature-grid and memory-bank facts for backbone methods (nothing for the autoencoder)."""
-    if "strides" not in config:
-        return []
-    stride, size = min(config["strides"]), config["image_size"]
-    grid = -(-size // stride)
-    lines = [f"- Features: `{config['backbone']}` maps each image to a {grid} x {grid} grid of patch features "
-             f"(stride {stride} px at {size} px, strides {config['strides']} concatenated)."]
-    if "memory_bank" in state.index:
-        rows, dims = state.loc["memory_bank", "shape"]
-        total = n_train * grid * grid
-        lines.append(f"- Memory bank: {rows:,} of the {total:,} training patch features ({100 * rows / total:.2f}%, "
-                     f"coreset ratio {config['coreset_ratio']:g}), each {dims}-dimensional.")
-    if "inv_covariance" in state.index:
-        positions, dims, _ = state.loc["inv_covariance", "shape"]
-        lines.append(f"- Gaussians: one per position, {positions:,} positions, each a {dims}-dimensional mean and "
-                     f"a {dims} x {dims} inverse covariance ({state.loc['inv_covariance', 'MiB']:.0f} MiB in all); "
-                     f"the {dims} channels are a seeded random subset of the concatenated features.")
-    return lines
-
-
 def cases_over_seeds(run_dir: str | Path) -> str:
     """Markdown: caught defects and false rejects of every evaluated training seed of ``run_dir`` (one seed: empty)."""
-    records = [read_json(Path(d) / "metrics.json") for d in seed_runs(run_dir) if is_evaluated(d)]
+    records = [MetricsRecord.read(d) for d in seed_runs(run_dir) if is_evaluated(d)]
     if len(records) < 2:
         return ""
     m = records[0]

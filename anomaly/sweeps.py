@@ -16,10 +16,10 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from anomaly import layout as L
-from anomaly.calibration import supports_crossfit
 from anomaly.config import RunConfig
-from anomaly.models import get_detector_class
+from anomaly.models import get_detector_class, method_spec
 from anomaly.pipeline import detector_params, fit_and_evaluate
+from anomaly.records import MetricsRecord
 from anomaly.runs import is_evaluated
 from anomaly.utils import make_config, read_json
 
@@ -52,7 +52,7 @@ def data_efficiency(base: RunConfig, sizes: Sequence[int], out_dir: str | Path, 
             if run_dir is None:
                 config = full_config if n == n_all else base.replace(seed=s, max_train=n)
                 run_dir = fit_and_evaluate(config, Path(out_dir) / f"{method}_s{s}_n{n:04d}")
-            m = read_json(Path(run_dir) / "metrics.json")
+            m = MetricsRecord.read(run_dir)
             rows.append({"method": method, "seed": s, "n_train": n, "run_dir": str(run_dir), **{
                 k: m.get(k, np.nan) for k in ("image_auroc", "pixel_auroc", "aupro", "aupro_fpr05", "fit_seconds")}})
     return pd.DataFrame(rows)
@@ -60,7 +60,7 @@ def data_efficiency(base: RunConfig, sizes: Sequence[int], out_dir: str | Path, 
 
 def _pool_fraction(method: str) -> float:
     """The validation share fit_run carves by default: none when the method is cross-fitted (all images fit)."""
-    return 0.0 if supports_crossfit(get_detector_class(method)) else 0.1
+    return 0.0 if method_spec(method).crossfits else 0.1
 
 
 def _same_run(run_dir: str | Path, config: RunConfig) -> bool:

@@ -82,7 +82,7 @@ def frr_threshold(scores: np.ndarray, target_frr: float = DEFAULT_TARGET_FRR,
     if estimator == "tail":
         threshold, reachable = _tail_threshold(values, alpha), True
     else:
-        k = _order_index(n, alpha, estimator)  # 1-based rank; n + 1 = unreachable
+        k = calibration_rank(n, alpha, estimator)  # 1-based rank; > n = unreachable
         reachable = k <= n
         threshold = float(np.nextafter(values[min(k, n) - 1], np.inf))  # reject only scores above the k-th
     if not reachable:
@@ -92,44 +92,27 @@ def frr_threshold(scores: np.ndarray, target_frr: float = DEFAULT_TARGET_FRR,
             "reachable": bool(reachable), "calibration_frr": float(np.mean(values >= threshold))}
 
 
-def calibration_rank(n: int, target_frr: float, estimator: str = DEFAULT_ESTIMATOR) -> int | None:
-    """1-based rank of the calibration score used as threshold with ``n`` scores; ``None`` when the target
-    cannot be met with ``n`` scores (conformal: ``k = ceil((n + 1)(1 - alpha)) > n``). ``tail`` is always 0."""
+def calibration_rank(n: int, target_frr: float, estimator: str = DEFAULT_ESTIMATOR) -> int:
+    """1-based rank ``k`` of the calibration score the threshold is set just above, with ``n`` good scores.
+
+    ``conformal``: the split-conformal rank ``k = ceil((n + 1)(1 - alpha))``: rejecting a new good score above
+    the ``k``-th smallest of ``n`` exchangeable good scores has an expected false-reject rate of
+    ``(n + 1 - k) / (n + 1) <= alpha``. ``empirical``: ``ceil(n (1 - alpha))``. ``conservative``: the smallest
+    ``k`` whose false-reject rate is <= alpha with 95 % confidence (``n + 1`` when none is).
+    ``k > n`` means the target cannot be met with ``n`` scores (the largest score is used and the record says
+    ``reachable: false``). ``tail`` fits a model instead of taking a rank: 0.
+
+    Raises:
+        ValueError: ``n < 1``, a target outside (0, 1), an unknown estimator.
+    """
     check_decision(target_frr, estimator)
+    n, alpha = int(n), float(target_frr)
+    if n < 1:
+        raise ValueError(f"the calibration rank needs at least one calibration score, got n={n}")
     if estimator == "tail":
         return 0
-    k = _order_index(int(n), float(target_frr), estimator)
-    return k if k <= n else None
-
-
-def min_calibration_size(target_frr: float, estimator: str = DEFAULT_ESTIMATOR, limit: int = 100_000) -> int | None:
-    """The fewest good calibration scores with which ``target_frr`` is reachable (conformal: ``ceil(1/alpha - 1)``)."""
-    return next((n for n in range(1, limit + 1) if calibration_rank(n, target_frr, estimator) is not None), None)
-
-
-def conformal_rank(n: int, alpha: float) -> int:
-    """The split-conformal rank ``k = ceil((n + 1)(1 - alpha))`` (1-based; it may exceed ``n``: unreachable).
-
-    Rejecting a new good score above the ``k``-th smallest of ``n`` exchangeable good scores has an
-    expected false-reject rate of ``(n + 1 - k) / (n + 1) <= alpha``; ``k <= n`` needs ``n >= 1/alpha - 1``.
-    """
-    if n < 1:
-        raise ValueError(f"the conformal rank needs at least one calibration score, got n={n}")
-    return math.ceil((n + 1) * (1.0 - check_rate(alpha, "alpha")) - 1e-12)
-
-
-def min_scores_for(alpha: float) -> int:
-    """The fewest calibration scores whose conformal rank is reachable at ``alpha`` (k <= n)."""
-    n = max(1, math.ceil(1.0 / check_rate(alpha, "alpha") - 1.0 - 1e-9))
-    while conformal_rank(n, alpha) > n:  # guard against rounding at the boundary
-        n += 1
-    return n
-
-
-def _order_index(n: int, alpha: float, estimator: str) -> int:
-    """1-based rank of the order statistic used as threshold (n + 1 when none meets the target)."""
     if estimator == "conformal":
-        return min(conformal_rank(n, alpha), n + 1)
+        return math.ceil((n + 1) * (1.0 - alpha) - 1e-12)
     if estimator == "empirical":
         return max(1, math.ceil(n * (1.0 - alpha) - 1e-12))
     from scipy import stats  # lazily: the CLI imports this module for its defaults
@@ -139,12 +122,24 @@ def _order_index(n: int, alpha: float, estimator: str) -> int:
     return int(ranks[ok][0]) if ok.any() else n + 1
 
 
+def min_calibration_size(target_frr: float, estimator: str = DEFAULT_ESTIMATOR, limit: int = 100_000) -> int | None:
+    """The fewest good calibration scores with which ``target_frr`` is reachable (:func:`calibration_rank` <= n);
+    conformal: ``ceil(1/alpha - 1)``. ``None`` when more than ``limit`` would be needed."""
+    check_decision(target_frr, estimator)
+    n = max(1, math.ceil(1.0 / float(target_frr) - 1.0 - 1e-9)) if estimator == "conformal" else 1
+    while calibration_rank(n, target_frr, estimator) > n:  # conformal: a guard against rounding at the boundary
+        if n >= limit:
+            return None
+        n += 1
+    return n
+
+
 def _tail_threshold(values: np.ndarray, alpha: float) -> float:
     """Peaks-over-threshold quantile: GPD (or exponential) on the excesses over the (1 - TAIL_FRACTION) quantile."""
     n = values.size
     n_tail = max(int(round(TAIL_FRACTION * n)), 1)
     if alpha >= n_tail / n or n_tail < 3:  # the target is inside the body: the empirical quantile
-        return float(np.nextafter(values[_order_index(n, alpha, "empirical") - 1], np.inf))
+        return float(np.nextafter(values[calibration_rank(n, alpha, "empirical") - 1], np.inf))
     u = float(values[n - n_tail - 1]) if n_tail < n else float(values[0])
     excess = values[n - n_tail:] - u  # (n_tail,) >= 0
     p = alpha * n / n_tail  # exceedance probability wanted among the tail

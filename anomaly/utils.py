@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
-import math
 import os
 import random
-import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+import pydantic
 import torch
 
 logger = logging.getLogger(__name__)
@@ -42,13 +42,15 @@ def seed_everything(seed: int) -> None:
 
 
 def make_config(cls: type[T], params: dict[str, Any] | None = None) -> T:
-    """Build dataclass ``cls`` from ``params``, checking every value against its field's type.
+    """Build dataclass ``cls`` from ``params``, checking every value against its field's type with pydantic.
 
     The one place where configuration from the CLI, notebooks, HTTP and ``model.json`` is typed:
     unknown keys raise ``ValueError`` listing the valid ones; a value of the wrong type
     (``image_size="abc"``, ``strides=8``, ``coreset_ratio=true``, a NaN) raises ``ValueError`` naming
-    the key, the value and what is expected. Lists become tuples for tuple fields, ints become
-    floats for float fields. Ranges are then checked by the dataclass's ``__post_init__``.
+    the key, the value and what is expected; a value outside a bound its field declares
+    (:mod:`anomaly.models.params`) raises ``"<key> must be >= 1, got 0"``. Types are strict (``"3"`` is
+    not 3, ``true`` not 1) except that ints are welcome as floats and lists as tuples. The
+    dataclass's ``__post_init__`` then runs its own checks (their messages are kept as they are).
     """
     params = dict(params or {})
     names = {f.name for f in dataclasses.fields(cls)}
@@ -57,53 +59,45 @@ def make_config(cls: type[T], params: dict[str, Any] | None = None) -> T:
         raise ValueError(
             f"unknown parameter(s) {', '.join(unknown)} for {cls.__name__}; valid: {', '.join(sorted(names))}"
         )
-    hints = typing.get_type_hints(cls)
-    typed = {}
-    for key, value in params.items():
-        try:
-            typed[key] = _typed(value, hints[key])
-        except (TypeError, ValueError):
-            raise ValueError(f"{cls.__name__} parameter {key}={json.dumps(value, default=str)}: "
-                             f"expected {_describe(hints[key])}") from None
-    return cls(**typed)
+    try:
+        typed = _params_model(cls).model_validate(params)
+        return cls(**{key: getattr(typed, key) for key in params})
+    except pydantic.ValidationError as err:
+        raise ValueError(_config_error(cls, err, params)) from None
 
 
-def _typed(value: Any, hint: Any) -> Any:
-    """``value`` as type ``hint`` (bool, int, float, str, tuple[X, ...], X | None); TypeError when it is not."""
-    args = typing.get_args(hint)
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _typed(value, arg)
-            except TypeError:
-                continue
-        raise TypeError(hint)
-    if typing.get_origin(hint) is tuple:
-        if not isinstance(value, (list, tuple)) or not value:
-            raise TypeError(hint)
-        return tuple(_typed(v, args[0]) for v in value)
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    if hint is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if hint in (bool, str) and isinstance(value, hint):
-        return value
-    if hint in (bool, int, float, str):
-        raise TypeError(hint)
-    return value  # a type this check does not know: left to the dataclass
+@functools.cache
+def _params_model(cls: type) -> type[pydantic.BaseModel]:
+    """A strict pydantic model of ``cls``'s fields (their types and declared bounds; a tuple also takes a list)."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    fields = {}
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        if typing.get_origin(hint) is tuple:
+            hint = typing.Annotated[hint, pydantic.Strict(False)]
+        fields[f.name] = (hint, None)  # defaults are the dataclass's: only the given keys are validated
+    config = pydantic.ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+    return pydantic.create_model(f"{cls.__name__}Params", __config__=config, **fields)
 
 
-def _describe(hint: Any) -> str:
-    """``int | None`` -> ``an integer or null``; the words used in :func:`make_config`'s messages."""
-    words = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string",
-             type(None): "null"}
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in typing.get_args(hint))
-    if typing.get_origin(hint) is tuple:
-        return f"a non-empty list of {_describe(typing.get_args(hint)[0]).split(' ', 1)[1]}s, e.g. [8, 16]"
-    return words.get(hint, getattr(hint, "__name__", str(hint)))
+_BOUNDS = {"greater_than_equal": (">=", "ge"), "greater_than": (">", "gt"), "less_than_equal": ("<=", "le"),
+           "less_than": ("<", "lt")}
+
+
+def _config_error(cls: type, err: pydantic.ValidationError, params: dict[str, Any]) -> str:
+    """One line for the first error: the check's own message, a bound, or the key, the value and what is expected."""
+    e = err.errors()[0]
+    if e["type"] == "value_error":  # a __post_init__ check: its message as written
+        return str(e["ctx"]["error"])
+    key = str(e["loc"][0]) if e["loc"] else cls.__name__
+    shown = json.dumps(params.get(key, e.get("input")), default=str)
+    if e["type"] in _BOUNDS:
+        op, name = _BOUNDS[e["type"]]
+        return f"{key} must be {op} {e['ctx'][name]:g}, got {shown}"
+    if e["type"] in ("tuple_type", "list_type", "too_short"):
+        return f"{cls.__name__} parameter {key}={shown}: expected a non-empty list, e.g. [8, 16]"
+    expected = e["msg"].removeprefix("Input should be ")
+    return f"{cls.__name__} parameter {key}={shown}: expected {expected[:1].lower()}{expected[1:]}"
 
 
 def write_json(path: str | Path, obj: Any) -> None:

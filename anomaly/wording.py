@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from anomaly.calibration import read_calibration
-from anomaly.runs import read_dict
-from anomaly.thresholds import conformal_rank, min_scores_for
+from anomaly.records import ThresholdRecord
+from anomaly.thresholds import calibration_rank, min_calibration_size
 
 UNDEFINED = "undefined"
 
@@ -75,7 +75,7 @@ def conformal_text(n: int, alpha: float, scores: Sequence[float] | None = None) 
     Args:
         scores: the calibration scores (any order); when given, the chosen score is named.
     """
-    k = conformal_rank(n, alpha)
+    k = calibration_rank(n, alpha)
     ranked = sorted(scores) if scores is not None else None
     rule = (f"The conformal rule for a target false-reject rate α = {alpha:g} with n = {n} good calibration "
             f"score{'' if n == 1 else 's'} "
@@ -93,7 +93,7 @@ def conformal_text(n: int, alpha: float, scores: Sequence[float] | None = None) 
     return (f"{rule}. That rank cannot be reached: k = {k} > n = {n}, so no score of {'this one' if n == 1 else f'these {n}'} guarantees α = {alpha:g}. "
             f"The threshold falls back to the largest score{named}, whose expected false-reject rate is "
             f"1/(n + 1) = {1 / (n + 1):.3f}, and `threshold.json` records `reachable: false`. Reaching α = {alpha:g} "
-            f"takes at least {min_scores_for(alpha)} calibration scores.")
+            f"takes at least {min_calibration_size(alpha)} calibration scores.")
 
 
 def realised_text(metrics: dict[str, Any]) -> str:
@@ -137,7 +137,7 @@ def calibration_text(run_dir: str | Path, metrics: dict[str, Any], defect_rate: 
 
     Reads ``threshold.json`` and ``calibration.json`` of ``run_dir``; ``metrics`` is its ``metrics.json``.
     """
-    thr = read_dict(Path(run_dir) / "threshold.json", ("threshold",))
+    thr = ThresholdRecord.read(run_dir)
     calibration = read_calibration(run_dir)
     scores, n = calibration["scores"], calibration["n_scores"]
     source = (f"out-of-sample scores of the good training images, each from the model fitted without its fold "

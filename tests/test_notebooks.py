@@ -97,7 +97,7 @@ def test_trained_methods_have_seed_runs_and_the_comparison_holds_verdicts_to_the
     assert "image AUROC over training seeds" in index.read_text()
 
 
-ALGORITHMS = {"02_training_padim": ("thresholds.conformal_rank", "padim.mahalanobis", "coreset.lazy_greedy",
+ALGORITHMS = {"02_training_padim": ("thresholds.calibration_rank", "padim.mahalanobis", "coreset.lazy_greedy",
                                      "patchcore.reweighted_scores"),
               "03_evaluation_padim": ("M.pro_curve",)}
 

@@ -7,14 +7,14 @@ import math
 import pytest
 
 from anomaly import wording
-from anomaly.thresholds import conformal_rank, frr_threshold, min_scores_for
+from anomaly.thresholds import calibration_rank, frr_threshold, min_calibration_size
 
 
 @pytest.mark.parametrize("n, alpha, k, reachable", [(20, 0.01, 21, False), (20, 0.05, 20, True),
                                                     (200, 0.01, 199, True), (200, 0.05, 191, True)])
 def test_calibration_text_names_the_rank_and_whether_it_is_reachable(n, alpha, k, reachable):
     scores = [float(i) for i in range(n)]
-    assert conformal_rank(n, alpha) == k
+    assert calibration_rank(n, alpha) == k
     assert frr_threshold(scores, alpha)["reachable"] == reachable  # the package's threshold agrees
     text = wording.conformal_text(n, alpha, scores)
     assert f"α = {alpha:g} with n = {n}" in text and f"⌈{n + 1} × {1 - alpha:g}⌉ = {k}" in text
@@ -23,15 +23,15 @@ def test_calibration_text_names_the_rank_and_whether_it_is_reachable(n, alpha, k
         assert f"above the {wording.ordinal(k)} smallest ({scores[k - 1]:.4g})" in text
         assert f"{n + 1 - k}/{n + 1} = {(n + 1 - k) / (n + 1):.3f}" in text
     else:
-        assert "cannot be reached" in text and f"at least {min_scores_for(alpha)} calibration scores" in text
+        assert "cannot be reached" in text and f"at least {min_calibration_size(alpha)} calibration scores" in text
         assert f"1/(n + 1) = {1 / (n + 1):.3f}" in text and "`reachable: false`" in text
     assert ("k = n" in text) == (k == n)
 
 
-def test_min_scores_for_is_the_first_reachable_n():
+def test_min_calibration_size_is_the_first_reachable_n():
     for alpha in (0.01, 0.05, 0.1, 0.2, 0.003):
-        n = min_scores_for(alpha)
-        assert conformal_rank(n, alpha) <= n and conformal_rank(n - 1, alpha) > n - 1 or n == 1
+        n = min_calibration_size(alpha)
+        assert calibration_rank(n, alpha) <= n and calibration_rank(n - 1, alpha) > n - 1 or n == 1
 
 
 def test_precision_is_a_range_from_the_wilson_bounds_and_undefined_has_one_spelling():

@@ -1,38 +1,21 @@
 """Detectors sharing one interface: ``ConvAutoencoder``, ``PaDiM``, ``PatchCore`` and the no-learning
-baseline ``IntensityBaseline`` (method ``intensity``)."""
+baseline ``IntensityBaseline`` (method ``intensity``).
+
+Each detector module registers its :class:`~anomaly.models.registry.MethodSpec` when imported; this
+package imports the built-in ones, so ``from anomaly.models import METHODS`` lists them (and any
+method a plug-in registered afterwards: the name lists are live views of the registry).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from anomaly.models.autoencoder import ConvAutoencoder
+# each registers its spec on import; this order is the order of METHODS (tables, pairs)
+from anomaly.models import autoencoder, padim, patchcore, intensity  # noqa: F401,I001
 from anomaly.models.base import MODEL_JSON, Detector, Prediction, read_model_meta
-from anomaly.models.intensity import IntensityBaseline
-
-METHODS = ("autoencoder", "padim", "patchcore", "intensity")
-BASELINES = ("intensity",)  # methods that learn nothing: the floor every comparison is measured against
-# Methods trained by stochastic gradient descent: their weights move with the training seed and with the machine's
-# floating-point kernels, so a statement about them must hold over several seeds (anomaly.seeds).
-TRAINED = ("autoencoder",)
-
-
-def get_detector_class(method: str) -> type[Detector]:
-    """Return the detector class for ``method`` (PaDiM and PatchCore imported lazily); unknown names raise
-    ``ValueError``."""
-    if method == "autoencoder":
-        return ConvAutoencoder
-    if method == "padim":
-        from anomaly.models.padim import PaDiM  # deferred: timm (the backbone), imported when a method needs it
-
-        return PaDiM
-    if method == "patchcore":
-        from anomaly.models.patchcore import PatchCore  # deferred: timm (the backbone)
-
-        return PatchCore
-    if method == "intensity":
-        return IntensityBaseline
-    raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+from anomaly.models.registry import (BASELINES, CROSSFITS, EXPORTABLE, METHODS, TRAINED, MethodSpec,
+                                     get_detector_class, method_spec, register, specs)
 
 
 def create_detector(method: str, params: dict[str, Any] | None = None, device: str = "cpu") -> Detector:
@@ -50,5 +33,5 @@ def load_detector(directory: str | Path, device: str = "cpu") -> Detector:
     return detector_class.load(directory, device=device)
 
 
-__all__ = ["BASELINES", "METHODS", "TRAINED", "Detector", "Prediction", "create_detector", "get_detector_class",
-           "load_detector"]
+__all__ = ["BASELINES", "CROSSFITS", "EXPORTABLE", "METHODS", "TRAINED", "Detector", "MethodSpec", "Prediction",
+           "create_detector", "get_detector_class", "load_detector", "method_spec", "register", "specs"]

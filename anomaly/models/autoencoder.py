@@ -24,7 +24,7 @@ The inference is one module, :class:`AutoencoderModel` (network + normalisation 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -33,46 +33,34 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from anomaly.models.base import Detector, check_image_size, model_buffer
+from anomaly.models.notes import autoencoder_notes
+from anomaly.models.params import Fraction, Positive, PositiveFloat, Sigma, detector_config
 from anomaly.models.postprocess import gaussian_blur, resize_images, ssim_map, to_grayscale, topk_mean
+from anomaly.models.registry import MethodSpec, register
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
+@detector_config
 class AutoencoderConfig:
     """Parameters of :class:`ConvAutoencoder` (the keys of ``--set``/``params``)."""
 
     image_size: int = 128  # network input side; a multiple of 16, >= 32
-    base_channels: int = 32  # channels of the first conv layers (2x and 4x deeper)
-    latent_dim: int = 100  # size of the dense bottleneck vector
-    epochs: int = 100
-    lr: float = 1e-3  # Adam learning rate
-    batch_size: int = 16
+    base_channels: Positive = 32  # channels of the first conv layers (2x and 4x deeper)
+    latent_dim: Positive = 100  # size of the dense bottleneck vector
+    epochs: Positive = 100
+    lr: PositiveFloat = 1e-3  # Adam learning rate
+    batch_size: Positive = 16
     seed: int = 0  # seeds weight init and the batch order
-    loss: str = "mse"  # "mse" | "ssim" (mean 1 - SSIM per channel, the AE-SSIM training loss)
-    map: str = "l1"  # "l1" | "ssim"
-    smooth_sigma: float = 4.0  # Gaussian sigma in px at image_size; 0 disables
-    score: str = "max"  # "max" | "topk_mean"
-    topk: float = 0.01  # fraction of map pixels averaged when score == "topk_mean"
+    loss: Literal["mse", "ssim"] = "mse"  # "mse" | "ssim" (mean 1 - SSIM per channel, the AE-SSIM training loss)
+    map: Literal["l1", "ssim"] = "l1"  # "l1" | "ssim"
+    smooth_sigma: Sigma = 4.0  # Gaussian sigma in px at image_size; 0 disables
+    score: Literal["max", "topk_mean"] = "max"  # "max" | "topk_mean"
+    topk: Fraction = 0.01  # fraction of map pixels averaged when score == "topk_mean"
     normalise: bool = True  # per-channel mean/std from the training images
 
     def __post_init__(self) -> None:
         check_image_size(self.image_size, 32, multiple=16)
-        for field, value, choices in (
-            ("loss", self.loss, ("mse", "ssim")),
-            ("map", self.map, ("l1", "ssim")),
-            ("score", self.score, ("max", "topk_mean")),
-        ):
-            if value not in choices:
-                raise ValueError(f"{field} must be one of {', '.join(choices)}, got {value!r}")
-        if not 0.0 < self.topk <= 1.0:
-            raise ValueError(f"topk must be in (0, 1], got {self.topk}")
-        if min(self.base_channels, self.latent_dim, self.epochs, self.batch_size) < 1:
-            raise ValueError("base_channels, latent_dim, epochs and batch_size must be >= 1")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.smooth_sigma < 0:
-            raise ValueError(f"smooth_sigma must be >= 0 (0 disables), got {self.smooth_sigma}")
 
 
 def _block(conv: nn.Module, channels: int) -> nn.Sequential:
@@ -283,3 +271,9 @@ class ConvAutoencoder(Detector):
         self.mean, self.std = state["mean"], state["std"]
         self.history = [float(v) for v in state.get("history", torch.empty(0)).tolist()]
         self.fitted = True
+
+
+register(MethodSpec(
+    "autoencoder", ConvAutoencoder, "a convolutional autoencoder trained on good images; reconstruction error",
+    trained=True, report={"synthetic": {"image_size": 128, "epochs": 30}, "real": {"image_size": None, "epochs": 50}},
+    notes=autoencoder_notes))

@@ -65,11 +65,21 @@ class Detector(ABC):
     fields are the detector's parameters, including ``image_size``), build ``self.model`` (the
     inference module, see the module docstring; it has a ``fitted`` property) and implement
     ``_fit``, ``state_dict`` and ``load_state_dict``.
+
+    Cross-fitting is a declared capability: a detector that can score its own training images out of
+    sample sets ``crossfits = True`` and implements :meth:`fit_crossfit` (checked when the class is
+    defined); the calibration then uses it instead of a validation split.
     """
 
     name: ClassVar[str]
     config_class: ClassVar[type]
+    crossfits: ClassVar[bool] = False
     model: nn.Module
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.crossfits and cls.fit_crossfit is Detector.fit_crossfit:
+            raise TypeError(f"{cls.__name__} declares crossfits = True but does not implement fit_crossfit")
 
     def __init__(self, config: Any = None, device: str | torch.device = "cpu") -> None:
         if config is None:
@@ -109,6 +119,20 @@ class Detector(ABC):
         scores, maps = self.model(x)  # (B,), (B, S, S)
         maps = maps_to_input(maps, tuple(images.shape[-2:]), size)  # (B, H, W) on the input's pixels
         return Prediction(scores.float().cpu().numpy(), maps.float().cpu().numpy())
+
+    def fit_crossfit(self, train_loader: DataLoader, folds: int = 5, seed: int = 0) -> Prediction:
+        """Fit on every image of ``train_loader`` AND score each one with the model fitted without its fold.
+
+        Only for detectors that declare ``crossfits = True``; the others raise ``NotImplementedError``.
+
+        Args:
+            train_loader: unshuffled dict batches with ``image`` (B, 3, S, S) and ``index`` (B,).
+            folds: number of folds (>= 2). seed: seeds the fold assignment (:func:`fold_ids`).
+
+        Returns:
+            Prediction with out-of-sample scores (n,) and maps (n, S, S), row i = dataset index i.
+        """
+        raise NotImplementedError(f"{self.name} cannot be cross-fitted (crossfits is False)")
 
     def save(self, directory: str | Path) -> None:
         """Write ``model.json`` and ``model.pt`` into ``directory``."""

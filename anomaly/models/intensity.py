@@ -17,7 +17,6 @@ part moves (the synthetic screw) as well as where it does not. ``fit`` only chec
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader
@@ -25,22 +24,23 @@ from torch.utils.data import DataLoader
 from torch import nn
 
 from anomaly.models.base import Detector, check_image_size
+from anomaly.models.notes import intensity_notes
+from anomaly.models.params import Sigma, detector_config
 from anomaly.models.postprocess import gaussian_blur
+from anomaly.models.registry import MethodSpec, register
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
+@detector_config
 class IntensityConfig:
     """Parameters of :class:`IntensityBaseline` (the keys of ``--set``/``params``)."""
 
     image_size: int = 256  # maps are computed at this side, then resized to the input
-    smooth_sigma: float = 4.0  # Gaussian sigma in px at image_size; 0 disables
+    smooth_sigma: Sigma = 4.0  # Gaussian sigma in px at image_size; 0 disables
 
     def __post_init__(self) -> None:
         check_image_size(self.image_size, 8)
-        if self.smooth_sigma < 0:
-            raise ValueError(f"smooth_sigma must be >= 0 (0 disables), got {self.smooth_sigma}")
 
 
 class IntensityModel(nn.Module):
@@ -82,3 +82,9 @@ class IntensityBaseline(Detector):
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self._check_state(state, {"image_size": (1,)})
 
+
+register(MethodSpec(
+    "intensity", IntensityBaseline, "no learning: each pixel's grey-level distance from the image's median grey",
+    baseline=True,
+    report={"synthetic": {"image_size": 256, "epochs": None}, "real": {"image_size": None, "epochs": None}},
+    notes=intensity_notes))

