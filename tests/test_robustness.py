@@ -87,10 +87,9 @@ def tree_digest(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def pc_run(synthetic_root, tmp_path_factory) -> Path:
-    torch.set_num_threads(2)
-    return fit_run(RunConfig(synthetic_root, CATEGORY, "patchcore", params={"image_size": 64}, device="cpu", batch_size=4),
-                   tmp_path_factory.mktemp("rob") / "pc")
+def pc_run(patchcore_run) -> Path:
+    """The session's tiny PatchCore run (conftest.py), fitted once; tests that change a run copy it first."""
+    return patchcore_run
 
 
 @pytest.fixture(scope="module")
