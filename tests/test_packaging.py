@@ -50,6 +50,7 @@ def test_every_package_is_listed():
     assert listed == found | {"anomaly.notebooks"}
 
 
+@pytest.mark.slow
 def test_wheel_ships_the_report_notebooks(tmp_path):
     """`anomaly report` works from an installed wheel: the notebooks are package data (anomaly/notebooks)."""
     import importlib.metadata
