@@ -46,6 +46,7 @@ def test_fold_ids_balanced_and_seeded():
         fold_ids(5, 1)
 
 
+@pytest.mark.slow
 def test_patchcore_own_patches_never_in_the_scoring_bank():
     """With the whole bank (no coreset), a training image scores 0 in-sample, > 0 out of sample."""
     images = _textured(7, seed=0)
@@ -66,6 +67,7 @@ def test_patchcore_crossfit_deploys_the_plain_fit():
     assert torch.equal(crossfit.memory_bank, plain.memory_bank)
 
 
+@pytest.mark.slow
 def test_patchcore_crossfit_is_exact():
     """The held-out scores and maps (from cached features) equal a PatchCore fitted on the other folds."""
     images = _textured(8, seed=4)
