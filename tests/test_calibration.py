@@ -58,6 +58,7 @@ def test_patchcore_own_patches_never_in_the_scoring_bank():
     assert out.image_scores.min() > 10 * max(np.abs(in_sample).max(), 1e-4)
 
 
+@pytest.mark.slow
 def test_patchcore_crossfit_deploys_the_plain_fit():
     images = _textured(6, seed=1)
     config = {"image_size": 64, "coreset_ratio": 0.25, "coreset_min_size": 0}

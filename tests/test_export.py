@@ -92,6 +92,7 @@ def test_onnx_matches_torch_for_any_batch(method, batch, side, request):
     np.testing.assert_allclose(got.anomaly_maps, ref.anomaly_maps, rtol=1e-4, atol=1e-4 * scale)
 
 
+@pytest.mark.slow
 def test_onnx_service_exports_on_the_fly(run_dir, synthetic_root, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("*.onnx", PARITY_FILE))
