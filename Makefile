@@ -11,7 +11,7 @@ SYNTH_DIR := data/synthetic
 REPORT_DIR ?= reports
 PYTEST_ARGS ?=
 
-.PHONY: install test report student lab synth benchmark ablation ray-throughput screenshot clean
+.PHONY: install test test-fast report student lab synth benchmark ablation ray-throughput screenshot clean
 
 install: $(STAMP)
 
@@ -23,6 +23,10 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The inner loop: everything but the tests marked slow (report, wheel, Chromium, real servers, Ray, killed fits).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 report: $(STAMP)
 	$(BIN)/python -m anomaly report --out $(REPORT_DIR) $(if $(DATA),--data $(DATA) --category $(CATEGORY),--synthetic-dir $(SYNTH_DIR) --category $(CATEGORY))

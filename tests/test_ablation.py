@@ -20,6 +20,7 @@ def small(monkeypatch):
     monkeypatch.setattr(A, "EVAL_SIZE", 64)
 
 
+@pytest.mark.slow
 def test_table_against_defaults_and_resume(small, synthetic_root, tmp_path, monkeypatch):
     table = A.run_ablation(synthetic_root, ["texture"], tmp_path, ["max-score", "flip-tta", "ensemble"], device="cpu")
     frame = pd.DataFrame(read_json(tmp_path / "ablation.json")["rows"])
@@ -47,6 +48,7 @@ def test_unknown_variant_is_refused(small, synthetic_root, tmp_path, capsys):
     assert exit_info.value.code == 2 and "unknown ablation variant" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_changed_variant_or_a_corrupt_result_is_fitted_again(small, synthetic_root, tmp_path, monkeypatch):
     A.run_ablation(synthetic_root, ["texture"], tmp_path, ["max-score"], device="cpu")
     fitted = []

@@ -16,6 +16,8 @@ from fastapi.testclient import TestClient
 from anomaly.browser import VIEWPORT, launch, missing_browser_reason, serve, upload, wait_until
 from anomaly.service import create_app
 
+pytestmark = pytest.mark.slow  # headless Chromium: left out of `make test-fast`
+
 KEY = "browser-test-key-0123456789"
 REASON = missing_browser_reason()
 if REASON:

@@ -46,6 +46,7 @@ def test_fold_ids_balanced_and_seeded():
         fold_ids(5, 1)
 
 
+@pytest.mark.slow
 def test_patchcore_own_patches_never_in_the_scoring_bank():
     """With the whole bank (no coreset), a training image scores 0 in-sample, > 0 out of sample."""
     images = _textured(7, seed=0)
@@ -57,6 +58,7 @@ def test_patchcore_own_patches_never_in_the_scoring_bank():
     assert out.image_scores.min() > 10 * max(np.abs(in_sample).max(), 1e-4)
 
 
+@pytest.mark.slow
 def test_patchcore_crossfit_deploys_the_plain_fit():
     images = _textured(6, seed=1)
     config = {"image_size": 64, "coreset_ratio": 0.25, "coreset_min_size": 0}
@@ -66,6 +68,7 @@ def test_patchcore_crossfit_deploys_the_plain_fit():
     assert torch.equal(crossfit.memory_bank, plain.memory_bank)
 
 
+@pytest.mark.slow
 def test_patchcore_crossfit_is_exact():
     """The held-out scores and maps (from cached features) equal a PatchCore fitted on the other folds."""
     images = _textured(8, seed=4)
@@ -79,6 +82,7 @@ def test_patchcore_crossfit_is_exact():
         np.testing.assert_allclose(out.anomaly_maps[ids == fold], expected.anomaly_maps, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_padim_crossfit_is_exact():
     """The held-out scores equal those of a PaDiM fitted on the other folds only."""
     images = _textured(8, seed=2)
@@ -111,6 +115,7 @@ def padim_run(synthetic_root, tmp_path_factory):
     return run_dir
 
 
+@pytest.mark.slow
 def test_run_records_how_it_was_calibrated(padim_run):
     calibration = json.loads((padim_run / "calibration.json").read_text())
     assert calibration["kind"] == "crossfit" and calibration["folds"] == 3 and calibration["n_scores"] == 12
@@ -125,6 +130,7 @@ def test_run_records_how_it_was_calibrated(padim_run):
     assert {"region_hit_rate", "false_regions_per_good_image"} <= set(metrics["regions"])
 
 
+@pytest.mark.slow
 def test_threshold_command_rederives_without_refit(padim_run, capsys):
     from anomaly.cli import main
 
@@ -147,6 +153,7 @@ def test_threshold_command_rederives_without_refit(padim_run, capsys):
     assert load_run(padim_run).threshold == pytest.approx(after["threshold"])  # the marker still holds
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bad", ["0", "1", "-0.1", "1.5", "abc"])
 def test_bad_targets_are_refused_with_a_message(padim_run, bad, capsys, tmp_path):
     from anomaly.cli import main
@@ -169,6 +176,7 @@ def test_fit_refuses_a_bad_target_in_python(synthetic_root, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_predict_returns_regions(padim_run, synthetic_root):
     from anomaly.inference import iter_predictions, load_run
 

@@ -30,6 +30,7 @@ def test_synth_writes_mvtec_layout(tmp_path):
     assert (tmp_path / CATEGORY / "ground_truth").is_dir()
 
 
+@pytest.mark.slow
 def test_fit_writes_a_complete_run_folder(ae_run):
     for name in ("config.json", "model.json", "model.pt", "threshold.json", "fit.json", "metrics.json",
                  "predictions.npz"):
@@ -39,6 +40,7 @@ def test_fit_writes_a_complete_run_folder(ae_run):
     assert len(json.loads((ae_run / "fit.json").read_text())["history"]) == 2
 
 
+@pytest.mark.slow
 def test_evaluate_writes_the_issue_metrics(ae_run):
     metrics = json.loads((ae_run / "metrics.json").read_text())
     for key in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "threshold", "precision", "recall", "f1",
@@ -49,6 +51,7 @@ def test_evaluate_writes_the_issue_metrics(ae_run):
     assert metrics["n_test_images"] == sum(v["n"] for v in metrics["per_defect_type"].values()) + 4
 
 
+@pytest.mark.slow
 def test_predict_prints_one_json_line_per_image(ae_run, synthetic_root, capsys, tmp_path):
     images = sorted((synthetic_root / CATEGORY / "test").glob("*/*.png"))[:2]
     capsys.readouterr()
@@ -96,6 +99,7 @@ def test_wrong_data_path_names_the_path(tmp_path, capsys):
     assert str(missing) in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_python_dash_m_entry_point():
     out = subprocess.run([sys.executable, "-m", "anomaly", "--help"], capture_output=True, text=True, check=True)
     for command in ("synth", "fit", "evaluate", "predict", "benchmark", "report"):

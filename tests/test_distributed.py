@@ -120,6 +120,7 @@ def test_manifest_reading(tmp_path):
             read_manifest(tmp_path / name)
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_from_a_manifest_to_the_local_engine_rows(ray_local, run, patchcore_run, parts,
                                                                          local_rows, tmp_path, monkeypatch, capsys):
     """Local Ray, CSV and Parquet out: interrupted after 6 rows, resumed through the CLI from a manifest of the
@@ -174,6 +175,7 @@ def _predict(address: str, env: dict, parts: Path, *outputs: str) -> subprocess.
                              *outputs, str(parts)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+@pytest.mark.slow
 def test_two_node_cluster_rows_and_resume_after_kill_9(cluster, patchcore_run, parts, local_rows, tmp_path):
     """On the real cluster: kill -9 the driver once rows stream in, resume, and get the local engine's rows."""
     address, env = cluster
@@ -197,6 +199,7 @@ def test_two_node_cluster_rows_and_resume_after_kill_9(cluster, patchcore_run, p
     assert_same_rows(read_results(parquet), local_rows)
 
 
+@pytest.mark.slow
 def test_benchmark_table_is_the_same_on_both_engines(ray_local, synthetic_root, tmp_path):
     from anomaly.benchmark import benchmark_markdown, run_benchmark
     from anomaly.executors import RayExecutor

@@ -36,9 +36,10 @@ def _fit(synthetic_root: Path, tmp_path_factory, method: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def run_dir(synthetic_root, tmp_path_factory) -> Path:
-    """A tiny PatchCore run (64 px) fitted on the synthetic data."""
-    return _fit(synthetic_root, tmp_path_factory, "patchcore")
+def run_dir(patchcore_run, tmp_path_factory) -> Path:
+    """A private copy of the session's tiny PatchCore run (64 px; export writes into it), without cached graphs."""
+    ignore = shutil.ignore_patterns(ONNX_FILE, PARITY_FILE)
+    return Path(shutil.copytree(patchcore_run, tmp_path_factory.mktemp("patchcore") / "run", ignore=ignore))
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,10 @@ def padim_dir(synthetic_root, tmp_path_factory) -> Path:
     return path
 
 
-@pytest.mark.parametrize("method, scoring_op", [("patchcore", "TopK"), ("padim", "Einsum")])
+SLOW_PADIM = pytest.param("padim", marks=pytest.mark.slow)  # fits a PaDiM run: left out of `make test-fast`
+
+
+@pytest.mark.parametrize("method, scoring_op", [("patchcore", "TopK"), pytest.param("padim", "Einsum", marks=pytest.mark.slow)])
 def test_export_writes_one_checked_graph_and_parity_record(method, scoring_op, request):
     import onnx
 
@@ -72,7 +76,7 @@ def test_export_writes_one_checked_graph_and_parity_record(method, scoring_op, r
     assert record["max_rel_diff_scores"] < 1e-4 and record["max_rel_diff_maps"] < 1e-4
 
 
-@pytest.mark.parametrize("method", ["patchcore", "padim"])
+@pytest.mark.parametrize("method", ["patchcore", SLOW_PADIM])
 @pytest.mark.parametrize("batch, side", [(1, 64), (5, 64), (2, 96)])
 def test_onnx_matches_torch_for_any_batch(method, batch, side, request):
     """Dynamic batch axis; inputs at other sizes are resized to S and maps resized back, as in PyTorch."""
@@ -89,6 +93,7 @@ def test_onnx_matches_torch_for_any_batch(method, batch, side, request):
     np.testing.assert_allclose(got.anomaly_maps, ref.anomaly_maps, rtol=1e-4, atol=1e-4 * scale)
 
 
+@pytest.mark.slow
 def test_onnx_service_exports_on_the_fly(run_dir, synthetic_root, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("*.onnx", PARITY_FILE))
@@ -105,7 +110,7 @@ def test_onnx_service_exports_on_the_fly(run_dir, synthetic_root, tmp_path):
         assert onnx_client.post("/predict", files={"file": ("b.txt", b"text", "text/plain")}).status_code == 415
 
 
-@pytest.mark.parametrize("method", ["patchcore", "padim"])
+@pytest.mark.parametrize("method", ["patchcore", SLOW_PADIM])
 def test_predict_and_export_share_one_module(method, request, tmp_path, monkeypatch):
     """The exported graph IS ``detector.model``: a change to its forward changes predict and ONNX alike."""
     import onnxruntime as ort

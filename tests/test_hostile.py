@@ -143,6 +143,7 @@ def _decode_peak(path: Path, small: Path, mode: str) -> tuple[str, float]:
     return out[0], float(out[1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["ico", "cur", "icns"])
 def test_container_bombs_are_refused_before_decoding(bombs, tmp_path, kind):
     small = tmp_path / "small.png"
@@ -157,6 +158,7 @@ def test_container_bombs_are_refused_before_decoding(bombs, tmp_path, kind):
         print(f"ICO bomb: PIL's Image.open +{pil_growth:.0f} MiB; decode_image refused it (+{growth:.0f} MiB)")
 
 
+@pytest.mark.slow
 def test_container_bombs_get_415_from_the_service(client, bombs):
     for kind, path in bombs.items():
         response = client.post("/predict", files={"file": (f"{kind}.ico", path.read_bytes())})
@@ -183,6 +185,7 @@ def _cli_peak(*argv: str) -> tuple[int, float, str]:
     return int(code), float(peak), out.stderr
 
 
+@pytest.mark.slow
 def test_container_bombs_in_a_folder_are_error_rows_in_bounded_memory(patchcore_run, bombs, tmp_path):
     """The CLI case of the issue: an ICO named .png among good images; peak RSS as with a good image alone."""
     good = tmp_path / "good"
@@ -357,6 +360,7 @@ def _concurrent(url: str, uploads: list[tuple[str, bytes]]) -> list[int]:
         return list(pool.map(lambda u: http.post("/predict", files={"file": u}).status_code, uploads))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads the server's peak RSS from /proc")
 def test_real_server_memory_under_concurrent_bombs_and_legal_uploads(patchcore_run, bombs):
     """8 concurrent container bombs: peak RSS +<= 300 MB; 32 concurrent legal 8192 x 8192 uploads (RGBA,

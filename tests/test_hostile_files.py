@@ -132,6 +132,7 @@ def test_same_escaped_text_twice_is_resumed_by_count(patchcore_run, tmp_path):
 
 
 # -- FIFOs and other non-regular files -------------------------------------------------------------------------
+@pytest.mark.slow
 def test_an_explicit_fifo_is_refused_without_hanging(patchcore_run, parts, tmp_path, capsys):
     fifo = tmp_path / "camera.png"
     os.mkfifo(fifo)

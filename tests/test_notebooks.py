@@ -25,6 +25,7 @@ def report(tmp_path_factory, synthetic_root):
     return out, runs, index
 
 
+@pytest.mark.slow
 def test_every_notebook_is_executed_and_exported(report):
     out, _, index = report
     assert index == out / "index.html"
@@ -36,6 +37,7 @@ def test_every_notebook_is_executed_and_exported(report):
         assert (out / f"{stem}.html").stat().st_size > 10_000, stem
 
 
+@pytest.mark.slow
 def test_notebooks_write_run_folders_and_conclusions(report):
     out, runs, _ = report
     for method in METHODS:
@@ -56,6 +58,7 @@ def _markdown(nb) -> list[str]:
             if "text/markdown" in o.get("data", {})]
 
 
+@pytest.mark.slow
 def test_exercises_are_solved_and_checked_in_the_report(report):
     out, _, _ = report
     for stem in STEMS:
@@ -67,6 +70,7 @@ def test_exercises_are_solved_and_checked_in_the_report(report):
             assert text.startswith("✅ **Right.**"), (stem, cell.source, text)
 
 
+@pytest.mark.slow
 def test_headers_carry_the_measured_run_time_and_the_text_comes_from_the_records(report):
     out, runs, _ = report
     timings = json.loads((out / "timings.json").read_text())
@@ -85,6 +89,7 @@ def test_headers_carry_the_measured_run_time_and_the_text_comes_from_the_records
     assert f"α = {threshold['target_frr']:g} with n = {threshold['n_scores']}" in text
 
 
+@pytest.mark.slow
 def test_trained_methods_have_seed_runs_and_the_comparison_holds_verdicts_to_them(report):
     out, runs, index = report
     listed = json.loads((runs / "autoencoder_seeds.json").read_text())["runs"]
@@ -102,6 +107,7 @@ ALGORITHMS = {"02_training_padim": ("thresholds.calibration_rank", "padim.mahala
               "03_evaluation_padim": ("M.pro_curve",)}
 
 
+@pytest.mark.slow
 def test_each_algorithm_cell_is_asserted_equal_to_the_package(report):
     """The numpy versions (conformal rank, Mahalanobis, greedy k-centre, Eq. 7, PRO) assert equality with the
     package in the cell itself; the report executed them without error (test above)."""
@@ -114,6 +120,7 @@ def test_each_algorithm_cell_is_asserted_equal_to_the_package(report):
             assert not [o for o in cell.outputs if o.output_type == "error"]
 
 
+@pytest.mark.slow
 def test_index_links_every_notebook_and_lists_metrics(report):
     out, _, index = report
     page = index.read_text()
@@ -146,6 +153,7 @@ def test_unknown_notebook_is_an_error(tmp_path, synthetic_root):
         build_report(tmp_path, data=synthetic_root, notebooks=["07"])
 
 
+@pytest.mark.slow
 def test_failing_cell_fails_the_report_with_its_traceback(tmp_path, synthetic_root):
     with pytest.raises(PapermillExecutionError) as info:
         build_report(tmp_path, data=synthetic_root, category="no_such_category", notebooks=["01"])
@@ -168,6 +176,7 @@ def test_plan_runs_training_and_evaluation_once_per_method():
     assert "image_size" not in jobs[len(METHODS)].parameters  # 03 has no such parameter: not injected
 
 
+@pytest.mark.slow
 def test_training_run_dir_follows_method(tmp_path, synthetic_root):
     """02's run_dir defaults to weights/report/<method> (the None sentinel): changing only method never
     overwrites another method's run."""

@@ -35,6 +35,7 @@ def _visible_text(dom: str) -> str:
     return re.sub(r"<[^>]+>", " ", dom)
 
 
+@pytest.mark.slow
 def test_exported_page_shows_no_latex_source_in_a_headless_browser(tmp_path):
     if CHROMIUM is None:
         if os.environ.get("CI"):

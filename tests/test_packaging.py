@@ -50,6 +50,7 @@ def test_every_package_is_listed():
     assert listed == found | {"anomaly.notebooks"}
 
 
+@pytest.mark.slow
 def test_wheel_ships_the_report_notebooks(tmp_path):
     """`anomaly report` works from an installed wheel: the notebooks are package data (anomaly/notebooks)."""
     import importlib.metadata
@@ -93,3 +94,27 @@ def test_report_uses_installed_notebooks_or_says_where_it_looked(tmp_path, monke
     assert report.notebook_dir() == site / "anomaly" / "notebooks"
     assert [p.stem for p in report.select_notebooks(["01"])] == ["01_data_exploration"]
     assert report._rel(tmp_path / "data") == str((tmp_path / "data").resolve())  # absolute: cwd is the user's
+
+
+def test_requires_python_is_what_the_pins_and_the_code_need():
+    """requires-python's floor = environment.yml's python = the highest floor of the pinned packages (and 3.11
+    for tomllib, which these tests import); an older interpreter would fail at install, not at run time."""
+    import importlib.metadata
+
+    from packaging.specifiers import SpecifierSet
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    floor = re.fullmatch(r">=(3\.\d+)", project["requires-python"]).group(1)
+    assert re.search(rf"^\s+- python={re.escape(floor)}\s*$", (ROOT / "environment.yml").read_text(), re.M)
+    floors = {}
+    for name in _pyproject_pins():
+        try:
+            spec = importlib.metadata.metadata(name).get("Requires-Python")
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        if spec:
+            floors[name] = spec
+            assert f"{floor}.0" in SpecifierSet(spec), f"{name} needs Python {spec}, requires-python says >={floor}"
+    needed = max([(3, 11), *(tuple(int(x) for x in m.split(".")) for s in floors.values()
+                             for m in re.findall(r">=\s*(3\.\d+)", s))])
+    assert floor == f"{needed[0]}.{needed[1]}", f"the pins need Python >= {needed}, requires-python says >={floor}"

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from anomaly.calibration import read_calibration
-from anomaly.pipeline import evaluate_run, load_run
+from anomaly.inference import load_run
+from anomaly.pipeline import evaluate_run
 from anomaly.records import CalibrationRecord, MetricsRecord, RunFolderError, ThresholdRecord
 
 RECORDS = (ThresholdRecord, CalibrationRecord, MetricsRecord)

@@ -27,7 +27,8 @@ from anomaly.models import (BASELINES, CROSSFITS, EXPORTABLE, METHODS, TRAINED, 
                             create_detector, method_spec, register, specs)
 from anomaly.models.base import check_image_size, fold_ids, model_buffer, score_by_fold
 from anomaly.models.registry import REPORT_METHODS, unregister
-from anomaly.pipeline import evaluate_run, fit_run, load_run
+from anomaly.inference import load_run
+from anomaly.pipeline import evaluate_run, fit_run
 from anomaly.run_results import load_results
 from anomaly.service import create_app
 

@@ -88,10 +88,9 @@ def tree_digest(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def pc_run(synthetic_root, tmp_path_factory) -> Path:
-    torch.set_num_threads(2)
-    return fit_run(RunConfig(synthetic_root, CATEGORY, "patchcore", params={"image_size": 64}, device="cpu", batch_size=4),
-                   tmp_path_factory.mktemp("rob") / "pc")
+def pc_run(patchcore_run) -> Path:
+    """The session's tiny PatchCore run (conftest.py), fitted once; tests that change a run copy it first."""
+    return patchcore_run
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +119,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size, answer", [((1, 16_000_000), "refused 413"), ((8000, 8000), "ok (3, 64, 64)")])
 def test_huge_images_decode_in_bounded_memory(tmp_path, size, answer):
     """The issue's 1 x 16,000,000 PNG (9 GB before) and an 8000 x 8000 one: peak RSS grows <= 300 MB."""
@@ -161,6 +161,7 @@ def _peak_rss_mib(pid: int) -> float:
     return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 1024
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads the server's peak RSS from /proc")
 def test_real_server_peak_rss_under_huge_uploads(pc_run, tmp_path):
     """`anomaly serve` answers the issue's tall PNG and an 8000 x 8000 PNG with its peak RSS growing <= 300 MB."""
@@ -262,6 +263,7 @@ def _fit_and_signal(data: Path, run_dir: Path, sig: int, wait_for: str | None) -
     process.wait(timeout=300)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, wait_for", [(signal.SIGKILL, "config.json"), (signal.SIGTERM, ""),
                                            (signal.SIGKILL, None)], ids=["kill-mid-fit", "term-at-start", "no-kill"])
 def test_a_fit_killed_at_any_moment_leaves_the_old_run_or_a_complete_one(synthetic_root, tmp_path, sig, wait_for):
@@ -307,6 +309,7 @@ def test_fit_refuses_to_replace_a_folder_that_is_not_a_run(tmp_path, monkeypatch
                 pass
 
 
+@pytest.mark.slow
 def test_refit_drops_stale_metrics_and_resume_refits(synthetic_root, tmp_path, monkeypatch):
     from anomaly import benchmark, executors
 
@@ -428,6 +431,7 @@ def test_one_training_image_is_refused_before_the_fit(tiny_mvtec, tmp_path, caps
     assert exc.value.code == 2 and "at least 2 train/good images" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_bad_set_value_with_missing_data_exits_2_without_traceback(tmp_path):
     argv = [sys.executable, "-m", "anomaly", "fit", "--method", "patchcore", "--data", "./no-such-data",
             "--category", "x", "--run-dir", str(tmp_path / "r"), "--set", "image_size=abc"]

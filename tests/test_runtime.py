@@ -80,6 +80,7 @@ def test_parity_failure_bounds():
     assert E.parity_failure({}) is not None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("runtime", ["auto", "torch"])
 def test_evaluate_records_the_timed_runtime(run, runtime):
     metrics = evaluate_run(run.run_dir, device="cpu", runtime=runtime)
@@ -91,6 +92,7 @@ def test_evaluate_records_the_timed_runtime(run, runtime):
 INT8_RTOL = 0.25  # stated bound: int8 backbone scores within 25 % of the float graph's largest score
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["dynamic", "static"])
 def test_int8_graph_stays_close_to_the_float_one(run, mode):
     from anomaly.quantize import quantize_run

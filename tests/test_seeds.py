@@ -37,6 +37,7 @@ def _fit_in_a_new_process() -> str:
                           timeout=300).stdout
 
 
+@pytest.mark.slow
 def test_autoencoder_fit_is_bit_identical_in_two_processes_with_one_seed():
     first, second = _fit_in_a_new_process(), _fit_in_a_new_process()
     assert first.strip() and first == second  # every score and every epoch's loss, to the last bit
@@ -58,6 +59,7 @@ def seeded_runs(synthetic_root, tmp_path_factory):
     return root, dirs
 
 
+@pytest.mark.slow
 def test_seed_runs_are_listed_fitted_with_their_seed_and_tabulated(seeded_runs):
     root, dirs = seeded_runs
     assert dirs == [root / "autoencoder", root / "autoencoder_seed1", root / "autoencoder_seed2"]
@@ -71,6 +73,7 @@ def test_seed_runs_are_listed_fitted_with_their_seed_and_tabulated(seeded_runs):
     assert "fitted once" in seeds.spread_text(root / "patchcore", "patchcore")
 
 
+@pytest.mark.slow
 def test_the_seed_spread_is_in_the_autoencoders_row_and_verdicts_need_every_seed(seeded_runs):
     root, dirs = seeded_runs
     results = [load_results(root / m) for m in ("intensity", "autoencoder", "patchcore")]
@@ -103,6 +106,7 @@ def test_a_margin_is_real_only_when_every_seed_agrees():
         ("padim", "autoencoder"), ("patchcore", "autoencoder"), ("patchcore", "padim")]
 
 
+@pytest.mark.slow
 def test_a_refitted_primary_run_drops_stale_seed_runs(seeded_runs, synthetic_root, tmp_path):
     root, dirs = seeded_runs
     import shutil

@@ -17,11 +17,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from anomaly.cli import build_parser, main
-from anomaly.config import RunConfig
 from anomaly.dataset import read_image
 from anomaly.inference import load_run
 from anomaly.loadtest import check_loopback, run_loadtest, time_calls
-from anomaly.pipeline import fit_run
 from anomaly.service import DEFAULT_MAX_UPLOAD_BYTES, RUNTIMES, ImageDecodeError, create_app, decode_image
 
 CATEGORY = "screw_like"
@@ -30,11 +28,9 @@ LOCAL = "http://127.0.0.1"  # TestClient base URL: the service answers loopback 
 
 
 @pytest.fixture(scope="module")
-def run_dir(synthetic_root, tmp_path_factory) -> Path:
-    """A tiny PatchCore run (64 px, 10 training images) fitted on the synthetic data."""
-    torch.set_num_threads(2)
-    return fit_run(RunConfig(synthetic_root, CATEGORY, "patchcore", params={"image_size": 64}, device="cpu", batch_size=4),
-                   tmp_path_factory.mktemp("pc_run"))
+def run_dir(patchcore_run) -> Path:
+    """The session's tiny PatchCore run (conftest.py: 64 px on ``screw_like``), fitted once; read-only here."""
+    return patchcore_run
 
 
 @pytest.fixture(scope="module")

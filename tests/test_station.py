@@ -117,6 +117,7 @@ def test_app_factory_reads_the_environment(patchcore_run, monkeypatch):
         settings_to_env(run_dri="x")
 
 
+@pytest.mark.slow
 def test_serve_with_two_workers_and_a_key(patchcore_run, tmp_path):
     """A real ``anomaly serve --workers 2 --api-key-file``: both workers answer, with the key only."""
     import os
