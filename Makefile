@@ -52,7 +52,7 @@ ablation: $(STAMP)
 
 # docs/distributed.md's table: 2,000 synthetic images through the local engine, a local Ray and a two-node loopback cluster.
 ray-throughput: $(STAMP)
-	$(BIN)/python -m anomaly.throughput --out weights/throughput
+	$(BIN)/python -m anomaly.study.throughput --out weights/throughput
 
 # docs/station.png: the inspection page in headless Chromium on a synthetic defective part (never real MVTec images).
 STATION_DIR := data/station

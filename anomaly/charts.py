@@ -140,7 +140,7 @@ def data_efficiency_figure(table: pd.DataFrame, metrics: Sequence[str] = ("image
     """Each metric vs number of good training images (log x): mean over seeds with a min-max band per method.
 
     Args:
-        table: rows of ``method, seed, n_train`` and the metric columns (:func:`anomaly.sweeps.data_efficiency`).
+        table: rows of ``method, seed, n_train`` and the metric columns (:func:`anomaly.study.sweeps.data_efficiency`).
         baselines: ``{name: {metric: value}}`` drawn as dotted horizontal lines (e.g. the no-learning baseline).
     """
     fig, axes = new_figure(1, len(metrics), cell=4.0)
@@ -231,7 +231,7 @@ def detection_by_size_figure(table: pd.DataFrame) -> Figure:
     """Recall at the threshold (Wilson) and image AUROC vs good (bootstrap), per defect-area bin, with 95 % intervals.
 
     Args:
-        table: :func:`anomaly.sizes.size_table` (long: method, defect area, n, value and interval columns). Every
+        table: :func:`anomaly.study.sizes.size_table` (long: method, defect area, n, value and interval columns). Every
             method's bins hold the same images (areas from the original masks); x labels give their n.
     """
     fig, axes = new_figure(1, 2, cell=4.2)

@@ -104,13 +104,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from anomaly.inspection import inspect_paths, list_images
+    from anomaly.station.inspection import inspect_paths, list_images
 
     inputs = _predict_inputs(args)
     paths = list_images(inputs)  # up front: a missing input or a FIFO is refused before the run loads
     run = load_run(args.run_dir, device="cpu" if args.engine == "ray" else args.device)
     if args.engine == "ray":
-        from anomaly.distributed import inspect_paths_ray
+        from anomaly.station.distributed import inspect_paths_ray
 
         print(json.dumps(inspect_paths_ray(
             run, paths, args.csv, args.parquet, heatmap_dir=args.heatmaps, batch_size=args.batch_size,
@@ -128,7 +128,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 def _predict_inputs(args: argparse.Namespace) -> list[str]:
     """The images and folders named, then the manifest's paths; refuses options of the other mode or engine."""
-    from anomaly.manifest import read_manifest
+    from anomaly.station.manifest import read_manifest
 
     if (args.heatmaps and not (args.csv or args.parquet)) or ((args.csv or args.parquet) and args.heatmap_dir):
         raise ValueError("--heatmaps OUT goes with --csv; --heatmap-dir with the JSON lines (no --csv)")
@@ -144,11 +144,11 @@ def _predict_inputs(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> None:
-    from anomaly.benchmark import run_benchmark
+    from anomaly.study.benchmark import run_benchmark
 
     executor = None
     if args.engine == "ray":
-        from anomaly.executors import RayExecutor
+        from anomaly.study.executors import RayExecutor
 
         executor = RayExecutor(args.address, cpus_per_job=args.cpus_per_job)
     elif args.address:
@@ -160,14 +160,14 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
 
 
 def cmd_ablation(args: argparse.Namespace) -> None:
-    from anomaly.ablation import run_ablation
+    from anomaly.study.ablation import run_ablation
 
     print(run_ablation(args.data, args.categories.split(","), Path(args.out),
                        args.variants.split(",") if args.variants else None, device=args.device))
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from anomaly.report import build_report, write_student_version
+    from anomaly.study.report import build_report, write_student_version
 
     if args.student:
         for path in write_student_version(Path(args.out), args.notebooks.split(",") if args.notebooks else None):
@@ -184,7 +184,7 @@ def _add_decision(p: argparse.ArgumentParser, target_default: float | None, pixe
     p.add_argument("--target-frr", type=rate, default=target_default, required=target_default is None,
                    help=f"false-reject rate of good parts to aim at (fit default {DEFAULT_TARGET_FRR})")
     p.add_argument("--estimator", default=DEFAULT_ESTIMATOR, choices=ESTIMATORS,
-                   help="threshold from the calibration scores (default conformal; see README)")
+                   help="threshold from the calibration scores (default conformal; see docs/operating-point.md)")
     p.add_argument("--pixel-fpr", type=rate, default=pixel_default,
                    help=f"per-pixel false-positive rate of the defect-region threshold (fit default {DEFAULT_PIXEL_FPR})")
 
@@ -289,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--categories", required=True, help="comma-separated")
     p.add_argument("--out", required=True, help="OUT/ablation.md, OUT/ablation.json; finished variants are reused")
-    p.add_argument("--variants", help="comma-separated subset of anomaly.ablation.VARIANTS (default: all)")
+    p.add_argument("--variants", help="comma-separated subset of anomaly.study.ablation.VARIANTS (default: all)")
     _add_common(p)
     p.set_defaults(func=cmd_ablation)
 

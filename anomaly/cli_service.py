@@ -16,7 +16,7 @@ from pathlib import Path
 from anomaly.cli_args import image_side, port, positive_float, positive_int
 from anomaly.decoding import require_regular_file
 from anomaly.export import export_run
-from anomaly.http_guards import allowed_hosts
+from anomaly.station.http_guards import allowed_hosts
 from anomaly.inference import RUNTIME_HELP, RUNTIMES, load_run, set_torch_threads
 from anomaly.memory import limit_allocator
 
@@ -74,8 +74,8 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from anomaly.service import create_app
-    from anomaly.web import api_key_from, settings_to_env
+    from anomaly.station.service import create_app
+    from anomaly.station.web import api_key_from, settings_to_env
 
     set_torch_threads(args.threads)
     hosts = allowed_hosts(args.host, [h.strip() for h in args.allowed_hosts.split(",") if h.strip()])
@@ -90,18 +90,18 @@ def cmd_serve(args: argparse.Namespace) -> None:
     os.environ.update(settings_to_env(**settings))  # inherited by the worker processes
     if api_key is not None:
         os.environ["ANOMALY_API_KEY"] = api_key
-    uvicorn.run("anomaly.service:create_app_from_env", factory=True, workers=args.workers, host=args.host,
+    uvicorn.run("anomaly.station.service:create_app_from_env", factory=True, workers=args.workers, host=args.host,
                 port=args.port, log_level="info")
 
 
 def cmd_station(args: argparse.Namespace) -> None:
-    from anomaly.browser import screenshot_station
+    from anomaly.station.browser import screenshot_station
 
     print(json.dumps(screenshot_station(args.run_dir, args.image, args.out, runtime=args.runtime)))
 
 
 def cmd_loadtest(args: argparse.Namespace) -> None:
-    from anomaly.loadtest import run_loadtest
+    from anomaly.station.loadtest import run_loadtest
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per request
     if args.image:
@@ -114,7 +114,7 @@ def cmd_loadtest(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     if args.int8:
-        from anomaly.quantize import compare_int8
+        from anomaly.station.quantize import compare_int8
 
         print(json.dumps(compare_int8(args.run_dir, mode=args.int8), indent=2))
         return
@@ -122,7 +122,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_latency(args: argparse.Namespace) -> None:
-    from anomaly.loadtest import latency_markdown, measure_latency
+    from anomaly.station.loadtest import latency_markdown, measure_latency
 
     print(latency_markdown(measure_latency(args.run_dir, image_size=args.image_size, repeats=args.repeats,
                                            threads=args.threads)))

@@ -20,7 +20,7 @@ AND the Pearson correlation of the thumbnails is at least ``1 - NEAR_MAX_DISTANC
 The hash alone cannot tell parts apart: photos of one part type in one fixture under one light are
 what a perceptual hash calls "the same picture" (on MVTec AD screw, distinct screws have hash
 distance 0); the correlation of the z-normalised thumbnails does. Both thresholds, and what they
-catch and miss, are measured by ``anomaly.dupbench`` (docs/own-data.md).
+catch and miss, are measured by ``anomaly.study.dupbench`` (docs/own-data.md).
 """
 
 from __future__ import annotations

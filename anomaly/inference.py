@@ -9,9 +9,9 @@ the defect regions in the input's pixels, optionally a heatmap PNG named by :fun
 run's colour range (:func:`display_range`). Every consumer goes through it:
 
 - ``anomaly predict`` as JSON lines (:func:`iter_predictions`, images at their own resolution);
-- ``anomaly predict --csv`` and the Ray engine (:mod:`anomaly.inspection`, :mod:`anomaly.ray_workers`:
+- ``anomaly predict --csv`` and the Ray engine (:mod:`anomaly.station.inspection`, :mod:`anomaly.station.ray_workers`:
   batches of letterboxed images);
-- the HTTP service (:mod:`anomaly.service`: uploads, answered as JSON).
+- the HTTP service (:mod:`anomaly.station.service`: uploads, answered as JSON).
 """
 
 from __future__ import annotations
@@ -246,7 +246,7 @@ class ImagePrediction:
                 "regions": self.regions or []}
 
     def csv_row(self) -> dict[str, Any]:
-        """The inspection CSV's cells (:data:`anomaly.results_csv.COLUMNS` but ``run``); empty without a verdict."""
+        """The inspection CSV's cells (:data:`anomaly.station.results_csv.COLUMNS` but ``run``); empty without a verdict."""
         if self.error:
             return {"path": self.path, "score": "", "is_anomalous": "", "regions": "", "error": self.error}
         return {"path": self.path, "score": self.score, "is_anomalous": self.is_anomalous,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from anomaly import ablation as A
+from anomaly.study import ablation as A
 from anomaly.cli import main
 from anomaly.utils import read_json
 

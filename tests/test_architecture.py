@@ -182,9 +182,27 @@ def test_function_local_imports_say_what_heavy_dependency_they_defer() -> None:
 
 
 @pytest.mark.parametrize("low, high", [("anomaly.geometry", "anomaly.models"),
-                                       ("anomaly.inspection", "anomaly.pipeline"),
-                                       ("anomaly.web", "anomaly.service")])
+                                       ("anomaly.station.inspection", "anomaly.pipeline"),
+                                       ("anomaly.station.web", "anomaly.station.service")])
 def test_lower_layers_do_not_import_upwards(low: str, high: str) -> None:
     graph = import_graph()
     upward = [t for t in graph[low] if t == high or t.startswith(high + ".")]
     assert not upward, f"{low} imports {upward}"
+
+
+def layer_of(module: str) -> int:
+    """0 the core (data, detectors, metrics, calibration, runs, inference, export), 1 ``anomaly.station``,
+    2 ``anomaly.study``, 3 the CLI: a module imports only its own layer or those below."""
+    if module in CLI_MODULES or module in ("anomaly.cli_args", "anomaly.__main__"):
+        return 3
+    if module.startswith("anomaly.study"):
+        return 2
+    if module.startswith("anomaly.station"):
+        return 1
+    return 0
+
+
+def test_folders_import_only_downwards() -> None:
+    graph = import_graph()
+    upward = sorted(f"{a} -> {b}" for a, targets in graph.items() for b in targets if layer_of(b) > layer_of(a))
+    assert not upward, "imports that run up a layer (core < station < study < CLI):\n" + "\n".join(upward)

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from anomaly.browser import VIEWPORT, launch, missing_browser_reason, serve, upload, wait_until
-from anomaly.service import create_app
+from anomaly.station.browser import VIEWPORT, launch, missing_browser_reason, serve, upload, wait_until
+from anomaly.station.service import create_app
 
 pytestmark = pytest.mark.slow  # headless Chromium: left out of `make test-fast`
 

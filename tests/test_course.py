@@ -9,8 +9,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook, new_output
 
-from anomaly import course
-from anomaly.report import notebook_dir
+from anomaly.study import course
+from anomaly.study.report import notebook_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 

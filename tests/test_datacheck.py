@@ -15,7 +15,7 @@ from PIL import Image
 from anomaly.cli import main
 from anomaly.datacheck import check_data
 from anomaly.datacheck_record import DataCheck, summary
-from anomaly.own_parts import write_example_folders
+from anomaly.study.own_parts import write_example_folders
 from anomaly.thresholds import calibration_rank, min_calibration_size
 
 

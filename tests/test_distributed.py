@@ -22,11 +22,11 @@ import pandas as pd
 import pytest
 
 from anomaly.cli import main
-from anomaly.inspection import inspect_paths, list_images
-from anomaly.manifest import read_manifest
+from anomaly.station.inspection import inspect_paths, list_images
+from anomaly.station.manifest import read_manifest
 from anomaly.inference import load_run
-from anomaly.ray_cluster import plan_resources
-from anomaly.results_parquet import read_results
+from anomaly.station.ray_cluster import plan_resources
+from anomaly.station.results_parquet import read_results
 
 ROOT = Path(__file__).resolve().parents[1]
 CATEGORY = "screw_like"
@@ -47,14 +47,14 @@ def ray_local():
             del os.environ["PYTHONPATH"]
         else:
             os.environ["PYTHONPATH"] = previous
-    yield ray  # the engine uses a connected session as it is (anomaly.ray_cluster.ray_session)
+    yield ray  # the engine uses a connected session as it is (anomaly.station.ray_cluster.ray_session)
     ray.shutdown()
 
 
 @pytest.fixture(scope="session")
 def cluster():
     """A two-node Ray cluster on 127.0.0.1 (one CPU per node), stopped -- every process, by id -- at the end."""
-    from anomaly.ray_cluster import RayUnavailableError, loopback_cluster
+    from anomaly.station.ray_cluster import RayUnavailableError, loopback_cluster
 
     try:
         context = loopback_cluster(nodes=2, cpus_per_node=1, env={"PYTHONPATH": str(ROOT)})
@@ -125,7 +125,7 @@ def test_interrupted_run_resumes_from_a_manifest_to_the_local_engine_rows(ray_lo
                                                                          local_rows, tmp_path, monkeypatch, capsys):
     """Local Ray, CSV and Parquet out: interrupted after 6 rows, resumed through the CLI from a manifest of the
     same images; the outputs hold the local engine's rows (the corrupt file's error row too), each once."""
-    from anomaly import distributed
+    from anomaly.station import distributed
 
     class Crash(KeyboardInterrupt):
         pass
@@ -201,8 +201,8 @@ def test_two_node_cluster_rows_and_resume_after_kill_9(cluster, patchcore_run, p
 
 @pytest.mark.slow
 def test_benchmark_table_is_the_same_on_both_engines(ray_local, synthetic_root, tmp_path):
-    from anomaly.benchmark import benchmark_markdown, run_benchmark
-    from anomaly.executors import RayExecutor
+    from anomaly.study.benchmark import benchmark_markdown, run_benchmark
+    from anomaly.study.executors import RayExecutor
     from anomaly.utils import read_json
 
     grid = dict(data=synthetic_root, categories=[CATEGORY, "texture"], methods=["intensity"], device="cpu",

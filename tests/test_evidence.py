@@ -1,4 +1,4 @@
-"""Margins over the best baseline, the comparison table and the generated answer (anomaly.evidence)."""
+"""Margins over the best baseline, the comparison table and the generated answer (anomaly.study.evidence)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from anomaly import evidence
+from anomaly.study import evidence
 from anomaly.tables import to_markdown
 from anomaly.uncertainty import uncertainty_metrics
 from anomaly import metrics as M
@@ -68,7 +68,8 @@ def test_size_table_uses_shared_bins_and_gives_intervals():
     assert ((table["recall_lo"] <= table["recall"]) & (table["recall"] <= table["recall_hi"])).all()
     assert ((table["auroc_lo"] <= table["auroc"] + 1e-9) & (table["auroc"] <= table["auroc_hi"] + 1e-9)).all()
     assert "patchcore" in evidence.summarise_sizes(table)
-    from anomaly import sizes, viz
+    from anomaly import viz
+    from anomaly.study import sizes
 
     shown = sizes.display_table(table)
     assert shown.index[0].endswith("(n=20)") or "(n=" in shown.index[0]

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from anomaly import exercises
+from anomaly.study import exercises
 from anomaly.rates import wilson_interval
-from anomaly.report import notebook_dir, select_notebooks
+from anomaly.study.report import notebook_dir, select_notebooks
 
 
 @pytest.fixture

@@ -14,12 +14,12 @@ from fastapi.testclient import TestClient
 
 from anomaly.cli import main
 from anomaly.export import ONNX_FILE, PARITY_FILE, OnnxScorer, export_graph, export_run
-from anomaly.loadtest import latency_markdown, measure_latency
+from anomaly.station.loadtest import latency_markdown, measure_latency
 from anomaly.models import create_detector
 from anomaly.config import RunConfig
 from anomaly.inference import load_run
 from anomaly.pipeline import fit_run
-from anomaly.service import create_app
+from anomaly.station.service import create_app
 
 CATEGORY = "screw_like"
 

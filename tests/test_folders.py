@@ -15,7 +15,7 @@ from anomaly import folders as F
 from anomaly.cli import main
 from anomaly.config import RunConfig
 from anomaly.decoding import DataError
-from anomaly.own_parts import write_example_folders
+from anomaly.study.own_parts import write_example_folders
 
 FAST = ["--image-size", "64", "--device", "cpu", "--batch-size", "8"]
 

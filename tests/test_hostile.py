@@ -30,7 +30,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from anomaly.decoding import DECODE_BUDGET, ImageDecodeError, PixelBudget, decode_cost, decode_image, decode_with_hw
-from anomaly.service import create_app
+from anomaly.station.service import create_app
 
 LOCAL = "http://127.0.0.1"
 REPO = Path(__file__).resolve().parents[1]

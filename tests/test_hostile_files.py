@@ -19,8 +19,8 @@ from PIL import Image
 
 from anomaly.cli import main
 from anomaly.inference import load_run
-from anomaly.results_csv import COLUMNS, ResultsCsvError, read_done, run_fingerprint
-from anomaly.service import create_app
+from anomaly.station.results_csv import COLUMNS, ResultsCsvError, read_done, run_fingerprint
+from anomaly.station.service import create_app
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL = "http://127.0.0.1"
@@ -153,7 +153,7 @@ def test_an_explicit_fifo_is_refused_without_hanging(patchcore_run, parts, tmp_p
                                             (bytes(range(128, 200)), "printable ASCII"),
                                             (b"k" * 5000, "larger than")])
 def test_api_key_files_must_be_printable_text(tmp_path, content, words):
-    from anomaly.web import read_api_key_file
+    from anomaly.station.web import read_api_key_file
 
     path = tmp_path / "key"
     path.write_bytes(content)
@@ -188,7 +188,7 @@ def test_every_answer_has_security_headers(client):
 
 
 def test_only_the_docs_assets_the_page_uses_are_served(client):
-    from anomaly.web import DOCS_ASSETS, DOCS_FILES
+    from anomaly.station.web import DOCS_ASSETS, DOCS_FILES
 
     for name in DOCS_FILES:
         assert client.get(f"{DOCS_ASSETS}/{name}").status_code == 200

@@ -16,8 +16,8 @@ from PIL import Image
 
 from anomaly import inference as I
 from anomaly.decoding import decode_with_hw
-from anomaly.inspection import decode_batch, inspect_paths, score_batch
-from anomaly.service import create_app
+from anomaly.station.inspection import decode_batch, inspect_paths, score_batch
+from anomaly.station.service import create_app
 
 LOCAL = "http://127.0.0.1"
 

@@ -12,7 +12,7 @@ import pytest
 from anomaly.cli import main
 from anomaly.dataset import read_image
 from anomaly.inference import heatmap_name, load_run
-from anomaly.inspection import COLUMNS, inspect_paths, list_images
+from anomaly.station.inspection import COLUMNS, inspect_paths, list_images
 
 CATEGORY = "screw_like"
 

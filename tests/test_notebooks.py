@@ -9,7 +9,7 @@ import pytest
 from papermill import PapermillExecutionError
 
 from anomaly import cli
-from anomaly.report import METHODS, build_report, check_parameter, plan_jobs, select_notebooks
+from anomaly.study.report import METHODS, build_report, check_parameter, plan_jobs, select_notebooks
 
 # Tiny everything: 64 px, 2 autoencoder epochs, two data-efficiency sizes, one example per case.
 TINY = {"image_size": 64, "epochs": 2, "efficiency_sizes": [3], "efficiency_seeds": 2, "n_examples": 2, "n_per_case": 2,
@@ -182,8 +182,8 @@ def test_training_run_dir_follows_method(tmp_path, synthetic_root):
     overwrites another method's run."""
     import papermill
 
-    from anomaly.explain import run_dir_for
-    from anomaly.report import notebook_dir
+    from anomaly.study.explain import run_dir_for
+    from anomaly.study.report import notebook_dir
 
     assert [run_dir_for(m) for m in METHODS] == [f"weights/report/{m}" for m in METHODS]
     assert run_dir_for("padim", "mine") == "mine"

@@ -11,7 +11,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from anomaly.offline_html import export_html, render_math, strip_cdn_scripts
+from anomaly.station.offline_html import export_html, render_math, strip_cdn_scripts
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"

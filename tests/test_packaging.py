@@ -76,11 +76,12 @@ def test_wheel_ships_the_report_notebooks(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("anomaly-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {f"anomaly/notebooks/{p.name}" for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")} <= names
-    assert "anomaly/report.py" in names and "anomaly/models/patchcore.py" in names
+    assert "anomaly/study/report.py" in names and "anomaly/models/patchcore.py" in names
 
 
 def test_report_uses_installed_notebooks_or_says_where_it_looked(tmp_path, monkeypatch, capsys):
-    from anomaly import cli, report
+    from anomaly import cli
+    from anomaly.study import report
 
     site = tmp_path / "site-packages"  # an installed package: no source checkout around it
     monkeypatch.setattr(report, "REPO_ROOT", site)

@@ -21,7 +21,9 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 
-from anomaly import cli, explain, export, report, summaries
+from anomaly import cli, export
+
+from anomaly.study import explain, report, summaries
 from anomaly.config import RunConfig
 from anomaly.models import (BASELINES, CROSSFITS, EXPORTABLE, METHODS, TRAINED, Detector, MethodSpec, Prediction,
                             create_detector, method_spec, register, specs)
@@ -29,8 +31,8 @@ from anomaly.models.base import check_image_size, fold_ids, model_buffer, score_
 from anomaly.models.registry import REPORT_METHODS, unregister
 from anomaly.inference import load_run
 from anomaly.pipeline import evaluate_run, fit_run
-from anomaly.run_results import load_results
-from anomaly.service import create_app
+from anomaly.study.run_results import load_results
+from anomaly.station.service import create_app
 
 CATEGORY = "screw_like"
 

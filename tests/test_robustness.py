@@ -33,7 +33,7 @@ from anomaly.decoding import ImageDecodeError, decode_image
 from anomaly.inference import load_run
 from anomaly.pipeline import evaluate_run, fit_run
 from anomaly.runs import MARKER, RunFolderError, check_run_dir, is_evaluated, staged_run_dir
-from anomaly.service import create_app
+from anomaly.station.service import create_app
 
 CATEGORY = "screw_like"
 LOCAL = "http://127.0.0.1"
@@ -311,7 +311,7 @@ def test_fit_refuses_to_replace_a_folder_that_is_not_a_run(tmp_path, monkeypatch
 
 @pytest.mark.slow
 def test_refit_drops_stale_metrics_and_resume_refits(synthetic_root, tmp_path, monkeypatch):
-    from anomaly import benchmark, executors
+    from anomaly.study import benchmark, executors
 
     run_dir = ae_fit(synthetic_root, tmp_path / CATEGORY / "autoencoder")
     evaluate_run(run_dir, device="cpu")
@@ -495,7 +495,7 @@ def test_foreign_host_header_gets_400(pc_run, client):
 
 
 def test_serve_allows_the_bound_host_and_named_hosts():
-    from anomaly.http_guards import allowed_hosts
+    from anomaly.station.http_guards import allowed_hosts
 
     assert allowed_hosts("127.0.0.1") == ["127.0.0.1", "localhost"]
     assert allowed_hosts("192.168.1.5") == ["127.0.0.1", "localhost", "192.168.1.5"]

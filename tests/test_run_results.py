@@ -14,7 +14,7 @@ from anomaly.config import RunConfig
 
 from anomaly.inference import display_range
 from anomaly.pipeline import evaluate_run, fit_run
-from anomaly.run_results import load_results, pick_cases
+from anomaly.study.run_results import load_results, pick_cases
 from anomaly.runs import RunFolderError
 
 

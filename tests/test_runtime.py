@@ -95,7 +95,7 @@ INT8_RTOL = 0.25  # stated bound: int8 backbone scores within 25 % of the float 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["dynamic", "static"])
 def test_int8_graph_stays_close_to_the_float_one(run, mode):
-    from anomaly.quantize import quantize_run
+    from anomaly.station.quantize import quantize_run
 
     path = quantize_run(run, mode, n_calibration=4)
     int8 = E.OnnxScorer(path, run.image_size).predict(E.parity_images(run))

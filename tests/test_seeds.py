@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from anomaly import evidence, pairwise, seeds
+from anomaly.study import evidence, pairwise, seeds
 from anomaly.config import RunConfig
 from anomaly.pipeline import evaluate_run, fit_run
-from anomaly.run_results import load_results
+from anomaly.study.run_results import load_results
 
 ROOT = Path(__file__).resolve().parents[1]
 

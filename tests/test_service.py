@@ -19,8 +19,8 @@ from PIL import Image
 from anomaly.cli import build_parser, main
 from anomaly.dataset import read_image
 from anomaly.inference import load_run
-from anomaly.loadtest import check_loopback, run_loadtest, time_calls
-from anomaly.service import DEFAULT_MAX_UPLOAD_BYTES, RUNTIMES, ImageDecodeError, create_app, decode_image
+from anomaly.station.loadtest import check_loopback, run_loadtest, time_calls
+from anomaly.station.service import DEFAULT_MAX_UPLOAD_BYTES, RUNTIMES, ImageDecodeError, create_app, decode_image
 
 CATEGORY = "screw_like"
 LIVE_LIMIT = 200_000  # bytes, for the real server

@@ -11,9 +11,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from anomaly.cli import main
-from anomaly.service import create_app
-from anomaly.service import create_app_from_env
-from anomaly.web import API_KEY_ENV, page_html, read_api_key_file, settings_to_env
+from anomaly.station.service import create_app
+from anomaly.station.service import create_app_from_env
+from anomaly.station.web import API_KEY_ENV, page_html, read_api_key_file, settings_to_env
 
 LOCAL = "http://127.0.0.1"
 KEY = "k" * 12 + "-secret-0123"

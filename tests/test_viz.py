@@ -80,7 +80,7 @@ def test_method_gallery_columns_per_method():
 
 
 def test_coreset_figure_and_threshold_explorer():
-    from anomaly import explorer
+    from anomaly.study import explorer
 
     fig = viz.coreset_figure(np.random.rand(50, 2), [0, 3, 7], radius=0.3)
     assert "within 0.300" in fig.axes[0].get_title()

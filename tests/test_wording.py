@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from anomaly import wording
+from anomaly.study import wording
 from anomaly.thresholds import calibration_rank, frr_threshold, min_calibration_size
 
 

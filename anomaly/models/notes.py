@@ -1,9 +1,9 @@
 """The prose each built-in detector's spec shows (:class:`~anomaly.models.registry.MethodSpec` ``notes``,
 ``fit_lines``, ``score_note``): markdown filled with a run's own numbers, never typed-in ones.
 
-``notes(run_dir, config, n_train)`` explains what the run fitted (notebook 02, :mod:`anomaly.explain`);
-``fit_lines(config, state, n_train)`` adds facts about the fitted state to :func:`anomaly.summaries.summarise_fit`;
-``score_note(config)`` says why a flagged image's map may stay below the threshold (:mod:`anomaly.summaries`).
+``notes(run_dir, config, n_train)`` explains what the run fitted (notebook 02, :mod:`anomaly.study.explain`);
+``fit_lines(config, state, n_train)`` adds facts about the fitted state to :func:`anomaly.study.summaries.summarise_fit`;
+``score_note(config)`` says why a flagged image's map may stay below the threshold (:mod:`anomaly.study.summaries`).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Every list of methods in the package is derived from here (as anomalib registers each model):
 the CLI's ``--method`` choices and help, :data:`METHODS`, :data:`BASELINES` and :data:`TRAINED`,
 the exportable methods of ``anomaly export``, the report's per-method notebook runs and their
-parameters, and the per-method prose of :mod:`anomaly.explain` and :mod:`anomaly.summaries`.
+parameters, and the per-method prose of :mod:`anomaly.study.explain` and :mod:`anomaly.study.summaries`.
 A detector defined outside the package joins all of them with one call::
 
     register(MethodSpec("meancolour", MeanColour, "distance of the image's mean colour from the good mean"))
@@ -20,7 +20,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-PROFILES = ("synthetic", "real")  # the report's data profiles (anomaly.report.PROFILES)
+PROFILES = ("synthetic", "real")  # the report's data profiles (anomaly.study.report.PROFILES)
 
 
 @dataclass(frozen=True)
@@ -37,11 +37,11 @@ class MethodSpec:
         report: notebook parameters of its report runs (02/03) per data profile (``synthetic``, ``real``);
             absent keys keep the notebooks' defaults.
         notes: ``notes(run_dir, config, n_train) -> markdown``: what this run fitted and how it scores
-            (notebook 02, :func:`anomaly.explain.method_notes`); ``None``: the summary line.
+            (notebook 02, :func:`anomaly.study.explain.method_notes`); ``None``: the summary line.
         fit_lines: ``fit_lines(config, state, n_train) -> [markdown bullet]``: facts about the fitted state
-            (``state``: :func:`anomaly.run_results.fitted_state_table`) in :func:`anomaly.summaries.summarise_fit`.
+            (``state``: :func:`anomaly.study.run_results.fitted_state_table`) in :func:`anomaly.study.summaries.summarise_fit`.
         score_note: ``score_note(config) -> markdown``: why a flagged image's map may stay below the threshold
-            (:func:`anomaly.summaries.outline_text`); ``None``: the image score is the map's maximum.
+            (:func:`anomaly.study.summaries.outline_text`); ``None``: the image score is the map's maximum.
     """
 
     name: str
@@ -154,7 +154,7 @@ METHODS = MethodNames(doc="every registered method")
 BASELINES = MethodNames(lambda s: s.baseline,
                         "methods that learn nothing: the floor every comparison is measured against")
 # Trained by stochastic gradient descent: their weights move with the training seed and with the machine's
-# floating-point kernels, so a statement about them must hold over several seeds (anomaly.seeds).
+# floating-point kernels, so a statement about them must hold over several seeds (anomaly.study.seeds).
 TRAINED = MethodNames(lambda s: s.trained, "methods trained by gradient descent (verdicts must hold over seeds)")
 EXPORTABLE = MethodNames(lambda s: s.exportable, "methods whose forward `anomaly export` writes to ONNX")
 CROSSFITS = MethodNames(lambda s: s.crossfits, "methods calibrated by cross-fitting by default")

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from anomaly.service import create_app
+from anomaly.station.service import create_app
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The inspection results as Parquet (``anomaly predict --engine ray --parquet OUT``), resumably.
 
 ``OUT`` is a folder of parts ``part-000000.parquet``, ``part-000001.parquet``, ... with the
-columns of the inspection CSV (:data:`anomaly.inspection.COLUMNS`), typed: ``score`` float64,
+columns of the inspection CSV (:data:`anomaly.station.inspection.COLUMNS`), typed: ``score`` float64,
 ``is_anomalous`` bool, ``regions`` int64 (null where the CSV cell is empty), ``path`` and ``error``
 strings. A Parquet file cannot be appended to (its footer is written last), so rows are buffered
 and each part is written to a hidden ``.part-NNNNNN.parquet.tmp`` and renamed into place: a part
@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from anomaly.results_csv import COLUMNS, path_text
+from anomaly.station.results_csv import COLUMNS, path_text
 from anomaly.utils import printable
 
 _TYPES = {"path": "string", "score": "float64", "is_anomalous": "bool", "regions": "int64", "error": "string",

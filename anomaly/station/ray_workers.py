@@ -1,9 +1,9 @@
-"""The two kinds of Ray workers of ``predict --engine ray``: decoders and scorers (see :mod:`anomaly.distributed`).
+"""The two kinds of Ray workers of ``predict --engine ray``: decoders and scorers (see :mod:`anomaly.station.distributed`).
 
 Both are long-lived actors in Ray Data actor pools. A dataset row is one *block*: up to ``k``
 batches of ``batch_size`` paths. A :class:`Decoder` decodes each batch with the project's
-defensive decoder (:func:`anomaly.inspection.decode_batch`) and returns the block's images as
-float32 bytes; a :class:`RunScorer` scores each batch with :func:`anomaly.inspection.score_batch`,
+defensive decoder (:func:`anomaly.station.inspection.decode_batch`) and returns the block's images as
+float32 bytes; a :class:`RunScorer` scores each batch with :func:`anomaly.station.inspection.score_batch`,
 so the batches -- and therefore the scores -- are exactly the local engine's.
 
 **How the run reaches the workers: through the object store** (:func:`run_payload`). The driver
@@ -27,7 +27,7 @@ import torch
 
 from anomaly.export import ONNX_FILE, OnnxScorer
 from anomaly.inference import Decision, Run, load_run, set_torch_threads
-from anomaly.inspection import batched, decode_batch, score_batch
+from anomaly.station.inspection import batched, decode_batch, score_batch
 from anomaly.memory import peak_rss_mib
 from anomaly.runs import MARKER, check_run_dir
 

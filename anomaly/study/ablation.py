@@ -39,7 +39,7 @@ from anomaly import dataset as DS
 from anomaly import layout as L
 from anomaly import metrics as M
 from anomaly.config import RunConfig
-from anomaly.evidence import fmt_ci
+from anomaly.study.evidence import fmt_ci
 from anomaly.models.patchcore import PatchCore, PatchCoreConfig
 from anomaly.inference import load_run
 from anomaly.pipeline import fit_and_evaluate

@@ -5,7 +5,7 @@ one line of UTF-8 each (:func:`anomaly.utils.printable`: a file name that is not
 bytes as ``\\xNN``); ``run`` is the run's :func:`run_fingerprint` on every row, so
 ``pandas.read_csv`` needs no options and a row carries the run that scored it.
 
-Every engine that writes this CSV (the streaming loop of :mod:`anomaly.inspection`, a distributed
+Every engine that writes this CSV (the streaming loop of :mod:`anomaly.station.inspection`, a distributed
 one) goes through :class:`ResultsCsv`, which:
 
 * never changes a file it did not write: an existing file is resumed only if its first line is

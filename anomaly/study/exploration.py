@@ -1,6 +1,6 @@
 """Data-exploration statistics (notebook 01): split counts, example picks, intensity and defect-size tables.
 
-Numbers only; the conclusions written from them are :func:`anomaly.summaries.summarise_data`.
+Numbers only; the conclusions written from them are :func:`anomaly.study.summaries.summarise_data`.
 """
 
 from __future__ import annotations

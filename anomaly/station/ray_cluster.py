@@ -1,7 +1,7 @@
 """Ray for the ``--engine ray`` commands: join or start a cluster, and size requests from what it has.
 
 Ray is imported inside functions only, here and in the modules that run work on it
-(:mod:`anomaly.distributed`, :mod:`anomaly.executors`): the CLI stays fast without it. :func:`ray_session` joins the cluster at ``address`` or starts a local Ray that stops with the
+(:mod:`anomaly.station.distributed`, :mod:`anomaly.study.executors`): the CLI stays fast without it. :func:`ray_session` joins the cluster at ``address`` or starts a local Ray that stops with the
 command; a session that is already connected (a notebook, the tests) is used as it is and left
 running. :func:`plan_resources` turns the cluster's CPUs into the requests of the scoring actors and
 the decode workers: on two cores, two actors that each claim a whole CPU leave nothing for decoding

@@ -9,7 +9,7 @@ and the app's own origin, and forbids framing (:func:`content_security_policy`).
 answers 401 to every request without the right ``X-API-Key`` header, compared in constant time,
 except the open paths (``/health``, the page, the docs' static assets). :func:`settings_to_env` writes
 the ``ANOMALY_*`` environment variables from which each worker process of ``anomaly serve --workers N``
-builds its own app (:func:`anomaly.service.create_app_from_env`).
+builds its own app (:func:`anomaly.station.service.create_app_from_env`).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ DOCS_FILES = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text
               "favicon-32x32.png": "image/png"}  # all that /docs loads
 MIN_KEY_CHARS = 16
 MAX_KEY_FILE_BYTES = 4096
-# what `anomaly serve` passes to each worker process (see anomaly.service.create_app_from_env)
+# what `anomaly serve` passes to each worker process (see anomaly.station.service.create_app_from_env)
 ENV_SETTINGS = {"run_dir": "ANOMALY_RUN_DIR", "runtime": "ANOMALY_RUNTIME",
                 "max_upload_bytes": "ANOMALY_MAX_UPLOAD_BYTES", "threads": "ANOMALY_THREADS",
                 "allowed_hosts": "ANOMALY_ALLOWED_HOSTS"}
@@ -156,7 +156,7 @@ class ApiKeyMiddleware:
 
 
 def settings_to_env(**settings: Any) -> dict[str, str]:
-    """``create_app`` keyword arguments -> the ``ANOMALY_*`` variables :func:`anomaly.service.create_app_from_env`
+    """``create_app`` keyword arguments -> the ``ANOMALY_*`` variables :func:`anomaly.station.service.create_app_from_env`
     reads."""
     unknown = set(settings) - set(ENV_SETTINGS)
     if unknown:

@@ -28,7 +28,7 @@ from typing import Iterator, Sequence
 from anomaly.config import RunConfig
 from anomaly.inference import set_torch_threads
 from anomaly.pipeline import fit_and_evaluate
-from anomaly.ray_cluster import RayUnavailableError, cluster_size, ray_session
+from anomaly.station.ray_cluster import RayUnavailableError, cluster_size, ray_session
 
 logger = logging.getLogger(__name__)
 

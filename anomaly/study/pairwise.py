@@ -3,7 +3,7 @@
 One set of stratified bootstrap resamples of the test images (:mod:`anomaly.bootstrap`) is applied to
 every run (:class:`Resampler` computes each run's resampled metrics once), so any two runs give a
 paired margin ``metric(a) - metric(b)`` with a 95 % interval. For a method in
-:data:`anomaly.models.TRAINED` the margin is computed for every training seed (:mod:`anomaly.seeds`),
+:data:`anomaly.models.TRAINED` the margin is computed for every training seed (:mod:`anomaly.study.seeds`),
 and it is called real only when every seed's interval excludes 0 on the same side: a bootstrap over
 test images does not cover training randomness.
 
@@ -22,7 +22,7 @@ import pandas as pd
 
 from anomaly import bootstrap as B
 from anomaly.models import BASELINES, METHODS
-from anomaly.wording import fmt_ci
+from anomaly.study.wording import fmt_ci
 
 _LABELS = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO@0.3",
            "aupro_fpr05": "AUPRO@0.05"}

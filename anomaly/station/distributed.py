@@ -1,9 +1,9 @@
 """Folder inspection on Ray (``anomaly predict --engine ray``): decode and score on a cluster's workers.
 
-The rows are the local engine's (:mod:`anomaly.inspection`): the same listing, the same
+The rows are the local engine's (:mod:`anomaly.station.inspection`): the same listing, the same
 decoder and scoring functions, the same batches of ``batch_size`` paths, the same CSV writer and
 resume rule; only where the work runs changes. A Ray Data pipeline (the convention for batch
-inference), with the workers of :mod:`anomaly.ray_workers`::
+inference), with the workers of :mod:`anomaly.station.ray_workers`::
 
     driver: list the inputs, skip rows already written, one dataset row per block of batches
     decoders (actor pool, 0.25 CPU each): decode_batch -> float32 images, (H, W), errors
@@ -14,7 +14,7 @@ Writing stays on the driver: a row is ~100 bytes, so one process writes far fast
 cluster scores, and one writer keeps the local engine's resume rule exact (a row is in the output
 once, whatever was killed). Images are opened by absolute path: every node must see them at the
 same path (a shared mount), and so must ``--heatmaps OUT``; the package must be installed on every
-node. How the run reaches the workers: :mod:`anomaly.ray_workers`.
+node. How the run reaches the workers: :mod:`anomaly.station.ray_workers`.
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ from typing import Any, Iterator, Sequence
 from tqdm.auto import tqdm
 
 from anomaly.inference import Run, display_range, select_scorer
-from anomaly.inspection import batched, list_images
+from anomaly.station.inspection import batched, list_images
 from anomaly.memory import peak_rss_mib
-from anomaly.ray_cluster import RayUnavailableError, ResourcePlan, cluster_size, plan_resources, ray_session
-from anomaly.ray_workers import Decoder, RunScorer, run_payload
-from anomaly.results_csv import ResultsCsv, path_text, run_fingerprint
-from anomaly.results_parquet import ParquetResults
+from anomaly.station.ray_cluster import RayUnavailableError, ResourcePlan, cluster_size, plan_resources, ray_session
+from anomaly.station.ray_workers import Decoder, RunScorer, run_payload
+from anomaly.station.results_csv import ResultsCsv, path_text, run_fingerprint
+from anomaly.station.results_parquet import ParquetResults
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def inspect_paths_ray(run: Run, inputs: Sequence[str | Path], csv_path: str | Pa
     Args:
         csv_path, parquet_path: where rows go (at least one); each is resumed: its rows are skipped.
         actors, threads, decoders: scoring actors, intra-op threads each, decode workers (default:
-            :func:`anomaly.ray_cluster.plan_resources`).
+            :func:`anomaly.station.ray_cluster.plan_resources`).
         address: a running cluster's ``HOST:PORT``; ``None`` starts a local Ray for this call.
         device: ``cpu``; ``cuda`` or ``auto`` score on the cluster's GPUs where it has some (PyTorch).
 

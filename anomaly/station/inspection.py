@@ -7,7 +7,7 @@ score, is_anomalous, regions = the number of defect regions, error) is written a
 the next batch, and nothing of an image is kept after its row is written, so memory does not grow with the number of
 images (beyond the list of paths). A file that cannot be decoded (or scores NaN) gets a row with its
 error and an empty score. The CSV itself -- its columns, the run fingerprint on every row, and a
-resume that never touches a file it did not write -- is :mod:`anomaly.results_csv`: re-running with
+resume that never touches a file it did not write -- is :mod:`anomaly.station.results_csv`: re-running with
 the same CSV and run skips every path already in it, so an interrupted run resumes without redoing
 finished rows.
 """
@@ -27,7 +27,7 @@ from anomaly.decoding import DataError, decode_with_hw, require_regular_file
 from anomaly.layout import IMAGE_EXTENSIONS
 from anomaly.inference import Decision, ImagePrediction, Run, Scorer, display_range, predict_images, runtime_scorer
 from anomaly.memory import peak_rss_mib
-from anomaly.results_csv import COLUMNS, ResultsCsv, pending, read_done, run_fingerprint  # noqa: F401
+from anomaly.station.results_csv import COLUMNS, ResultsCsv, pending, read_done, run_fingerprint  # noqa: F401
 from anomaly.utils import printable
 
 logger = logging.getLogger(__name__)
@@ -53,8 +53,8 @@ def list_images(inputs: Sequence[str | Path]) -> list[Path]:
 
 
 def done_paths(csv_path: Path, fingerprint: str | None = None) -> set[str]:
-    """Paths (as written, :func:`anomaly.results_csv.path_text`) already in ``csv_path``; never changes the
-    file (see :func:`anomaly.results_csv.read_done`)."""
+    """Paths (as written, :func:`anomaly.station.results_csv.path_text`) already in ``csv_path``; never changes the
+    file (see :func:`anomaly.station.results_csv.read_done`)."""
     return set(read_done(csv_path, fingerprint))
 
 
@@ -90,7 +90,7 @@ def inspect_paths(run: Run, inputs: Sequence[str | Path], csv_path: str | Path, 
         run (the fingerprint in the CSV's ``run`` column).
 
     Raises:
-        anomaly.results_csv.ResultsCsvError: ``csv_path`` exists and is not this run's inspection CSV
+        anomaly.station.results_csv.ResultsCsvError: ``csv_path`` exists and is not this run's inspection CSV
             (it is left unchanged).
     """
     if batch_size < 1:

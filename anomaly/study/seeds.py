@@ -6,7 +6,7 @@ library build, whose floating-point kernels round differently. For every method 
 :data:`anomaly.models.TRAINED`, notebook 02 fits ``seeds`` runs (the run itself with its seed, then
 ``run_dir + "_seed<s>"`` for the next seeds) and records them in ``run_dir + "_seeds.json"``; 03
 evaluates them; 05 and the index call a trained method's verdict real only when it holds for every
-seed (:func:`anomaly.pairwise.margins_over_baseline`). Methods that are not trained (a closed-form fit)
+seed (:func:`anomaly.study.pairwise.margins_over_baseline`). Methods that are not trained (a closed-form fit)
 are fitted once.
 """
 

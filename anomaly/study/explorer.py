@@ -2,7 +2,7 @@
 
 :func:`threshold_state` computes, for any threshold, the confusion counts on the test set, the
 realised false-reject rate and recall with 95 % Wilson intervals, the share of calibration scores
-above it, and the precision range at a chosen defect rate (:func:`anomaly.wording.precision_range`).
+above it, and the precision range at a chosen defect rate (:func:`anomaly.study.wording.precision_range`).
 :func:`threshold_figure` draws it (the HTML report shows it at the calibrated threshold, statically);
 :func:`threshold_slider` wraps the same figure in an ipywidgets slider for JupyterLab, redrawn as it
 moves. Moving the threshold here uses the TEST labels: it is for understanding the trade-off, the
@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from anomaly.charts import new_figure
 from anomaly.rates import wilson_interval
-from anomaly.wording import fmt, precision_range
+from anomaly.study.wording import fmt, precision_range
 
 
 def threshold_state(calibration_scores: np.ndarray, labels: np.ndarray, scores: np.ndarray, threshold: float,

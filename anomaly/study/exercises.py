@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from anomaly.thresholds import calibration_rank, min_calibration_size
-from anomaly.wording import ordinal
+from anomaly.study.wording import ordinal
 
 SOLUTION_TAG = "solution"
 STUDENT_LINE = "answer = None  # <- your code here: assign your answer"
@@ -65,7 +65,7 @@ def _close(a: Any, b: float, tol: float = 1e-6) -> bool:
 
 # -- 01: the data ---------------------------------------------------------------------------------
 def _test_counts(counts: Any) -> tuple[int, int, int]:
-    """(test images, defective test images, all images) from :func:`anomaly.exploration.split_counts`."""
+    """(test images, defective test images, all images) from :func:`anomaly.study.exploration.split_counts`."""
     n_test, n_good = int(counts.loc["total", "test"]), int(counts.loc["good", "test"])
     return n_test, n_test - n_good, int(counts.loc["total", "total"])
 

@@ -3,7 +3,7 @@
 :func:`create_app` loads a run folder once (:func:`anomaly.inference.load_run`) and returns a
 FastAPI app with ``GET /health``, ``GET /model``, ``POST /predict`` (multipart field ``file``),
 ``POST /predict/batch`` (multipart field ``files``), the inspection page at ``GET /`` and offline
-OpenAPI docs at ``GET /docs`` (:mod:`anomaly.web`); with an ``api_key``, every endpoint but
+OpenAPI docs at ``GET /docs`` (:mod:`anomaly.station.web`); with an ``api_key``, every endpoint but
 ``/health`` (and the page, which asks for the key) answers 401 without the ``X-API-Key`` header.
 Uploads are decoded from their spooled files (never from a filesystem path a client names) by the
 one defensive decoder (:func:`anomaly.decoding.decode_with_hw`: a format allow-list, pixel and
@@ -40,13 +40,13 @@ from pydantic import BaseModel
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from anomaly.decoding import ImageDecodeError, decode_image, decode_with_hw  # the one defensive decoder
-from anomaly.http_guards import LOOPBACK_HOSTS, BodyLimitMiddleware, SecurityHeadersMiddleware
+from anomaly.station.http_guards import LOOPBACK_HOSTS, BodyLimitMiddleware, SecurityHeadersMiddleware
 from anomaly.inference import (RUNTIMES, Decision, ImagePrediction, Scorer, display_range, load_run,  # noqa: F401
                                predict_images, select_scorer)
 from anomaly.memory import limit_allocator
 from anomaly.regions import defect_mask
 from anomaly.viz import heatmap_rgb
-from anomaly.web import ENV_SETTINGS, ApiKeyMiddleware, add_page_and_docs, api_key_from, check_api_key
+from anomaly.station.web import ENV_SETTINGS, ApiKeyMiddleware, add_page_and_docs, api_key_from, check_api_key
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def create_app(run_dir: str | Path, runtime: str = "torch", max_upload_bytes: in
         threads: onnxruntime intra-op threads per request. The default 1 lets concurrent requests
             (each on its own thread-pool thread) use the cores without oversubscribing them.
         allowed_hosts: host names accepted in the ``Host`` header (``"*"`` for any); others get 400,
-            so a web page cannot reach the service through DNS rebinding. See :func:`anomaly.http_guards.allowed_hosts`.
+            so a web page cannot reach the service through DNS rebinding. See :func:`anomaly.station.http_guards.allowed_hosts`.
         api_key: when given, required in the ``X-API-Key`` header by every endpoint but ``/health``.
 
     Returns:
@@ -141,7 +141,7 @@ def create_app(run_dir: str | Path, runtime: str = "torch", max_upload_bytes: in
 
 def create_app_from_env() -> FastAPI:
     """App factory for uvicorn's ``--workers``: :func:`create_app` with the settings in ``ANOMALY_*`` variables
-    (:func:`anomaly.web.settings_to_env`)."""
+    (:func:`anomaly.station.web.settings_to_env`)."""
     limit_allocator()  # also set through the inherited MALLOC_* variables; mallopt makes it certain
     kwargs = {name: json.loads(os.environ[var]) for name, var in ENV_SETTINGS.items() if var in os.environ}
     if "run_dir" not in kwargs:

@@ -1,11 +1,11 @@
-"""Throughput of folder inspection on each engine: ``python -m anomaly.throughput --out DIR`` (``make ray-throughput``).
+"""Throughput of folder inspection on each engine: ``python -m anomaly.study.throughput --out DIR`` (``make ray-throughput``).
 
 The figures of docs/distributed.md in one command. On 256 px synthetic images (``screw_like``:
 60 train/good, the first 100 test images copied into 20 folders = 2,000 images) and a PatchCore
 run fitted on them (both made once under ``DIR``), it runs the same ``anomaly predict --csv``
 command (ONNX runtime, batch 8) with the local engine, with ``--engine ray`` on a local Ray
 (2 scoring actors on 2 cores), and on a real two-node Ray cluster on loopback (one CPU per node,
-:func:`anomaly.ray_cluster.loopback_cluster`), one after another. For each: wall time of the
+:func:`anomaly.station.ray_cluster.loopback_cluster`), one after another. For each: wall time of the
 whole command, images/s over it and after the first rows, peak memory of the driver and of the
 largest scorer, the largest score difference from the local engine, and the load average.
 Results go to ``DIR/throughput.json`` and ``DIR/throughput.md``.
@@ -30,10 +30,10 @@ import numpy as np
 
 from anomaly.config import RunConfig
 from anomaly.inference import load_run, select_scorer, set_torch_threads
-from anomaly.inspection import batched, decode_batch, list_images, score_batch
+from anomaly.station.inspection import batched, decode_batch, list_images, score_batch
 from anomaly.pipeline import fit_run
-from anomaly.ray_cluster import loopback_cluster
-from anomaly.results_parquet import read_results
+from anomaly.station.ray_cluster import loopback_cluster
+from anomaly.station.results_parquet import read_results
 from anomaly.tables import markdown_table
 from anomaly.runs import MARKER
 from anomaly.synthetic import generate_dataset
@@ -118,7 +118,7 @@ def stage_costs(run_dir: Path, images: Path, batch_size: int = 8, n: int = 200) 
 
 def run_all(out: Path, n_images: int = 2000, cluster: bool = True) -> list[dict[str, Any]]:
     run, images = prepare(out, n_images)
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     base = [sys.executable, "-m", "anomaly", "predict", "--run-dir", str(run), "--runtime", "onnx", "--batch-size", "8"]
     rows = [measure("local", [*base, "--csv", str(out / "local.csv"), str(images)], out / "local.csv", env)]
@@ -152,7 +152,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m anomaly.throughput", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m anomaly.study.throughput", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="weights/throughput", help="data, run, outputs and the results go here")
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--no-cluster", action="store_true", help="skip the two-node loopback cluster")

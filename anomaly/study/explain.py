@@ -18,7 +18,7 @@ from anomaly.folders import run_data
 from anomaly.inference import load_run
 from anomaly.models.registry import method_spec
 from anomaly.utils import read_json
-from anomaly.wording import calibration_text as text
+from anomaly.study.wording import calibration_text as text
 
 RUNS_ROOT = "weights/report"
 
@@ -88,6 +88,6 @@ def patch_pair_text(pair: dict[str, Any]) -> str:
 
 
 def calibration_text(results: Any, defect_rate: float) -> str:
-    """Markdown for notebook 03 (:func:`anomaly.wording.calibration_text` of a ``RunResults``): the threshold, the
+    """Markdown for notebook 03 (:func:`anomaly.study.wording.calibration_text` of a ``RunResults``): the threshold, the
     conformal rank for this run's n and target, the realised rates and precision at ``defect_rate``."""
     return text(results.run_dir, results.metrics, defect_rate)

@@ -5,8 +5,8 @@ notebooks once per method -- with parameters injected (papermill), writes ``OUT/
 and ``.html`` (nbconvert), and ``OUT/index.html``: the answer (generated from the numbers, with the no-learning baseline and the
 bootstrap intervals), the comparison figure, example heatmaps per method, the table, then the links.
 Unknown parameters are errors (papermill itself only warns); a failing cell fails the report.
-The helpers the notebooks call live in :mod:`anomaly.run_results`, :mod:`anomaly.sweeps`,
-:mod:`anomaly.exploration` and :mod:`anomaly.summaries`.
+The helpers the notebooks call live in :mod:`anomaly.study.run_results`, :mod:`anomaly.study.sweeps`,
+:mod:`anomaly.study.exploration` and :mod:`anomaly.study.summaries`.
 """
 
 from __future__ import annotations
@@ -23,14 +23,18 @@ from typing import Any, Iterator, Sequence
 
 import papermill
 
-from anomaly import course, evidence, exercises, offline_html, pairwise, seeds, synthetic, viz
+from anomaly import synthetic, viz
+
+from anomaly.station import offline_html
+
+from anomaly.study import course, evidence, exercises, pairwise, seeds
 from anomaly.models.registry import REPORT_METHODS, method_spec
-from anomaly.run_results import comparison_examples, load_results
+from anomaly.study.run_results import comparison_examples, load_results
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]  # the source checkout, when the package runs from one
-PACKAGED_NOTEBOOKS = Path(__file__).resolve().parent / "notebooks"  # where a wheel installs them (package data)
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the source checkout, when the package runs from one
+PACKAGED_NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"  # where a wheel installs them (package data)
 KERNEL = "python3"
 METHODS = REPORT_METHODS  # every registered method, the no-learning baseline(s) first
 PER_METHOD = ("02_training", "03_evaluation")  # executed once per method

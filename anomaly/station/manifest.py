@@ -1,7 +1,7 @@
 """Manifests: a CSV or Parquet file listing the images to inspect in a ``path`` column.
 
 ``anomaly predict --manifest FILE`` (either engine) reads it with :func:`read_manifest`; its paths
-are then taken as files named on the command line (:func:`anomaly.inspection.list_images`: a
+are then taken as files named on the command line (:func:`anomaly.station.inspection.list_images`: a
 missing one is an error before any work, a folder is walked).
 """
 

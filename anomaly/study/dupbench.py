@@ -1,6 +1,6 @@
 """How the near-duplicate test of the data check was set, and what it catches: a command, not a claim.
 
-    python -m anomaly.dupbench --data ../shared/datasets/mvtec_ad --categories screw,bottle
+    python -m anomaly.study.dupbench --data ../shared/datasets/mvtec_ad --categories screw,bottle
 
 For each category it plants re-encoded copies of some of its images (JPEG at several qualities,
 resized by several factors, colour or grey; written to a temporary folder, never kept) and prints,

@@ -3,11 +3,11 @@
 Each pair runs through :func:`anomaly.pipeline.fit_and_evaluate` (as the sweeps and the ablation do)
 into ``OUT/<category>/<method>/`` (a normal run folder), by default in a fresh process so that
 its peak resident memory (``ru_maxrss``) is its own and not the maximum over earlier runs; an
-executor (:mod:`anomaly.executors`) decides where: here one after another, or as Ray tasks.
+executor (:mod:`anomaly.study.executors`) decides where: here one after another, or as Ray tasks.
 Timings depend on what else the machine is doing, so the 1-minute load average before and
 after each run is recorded next to them. Results go to ``OUT/benchmark.json`` and
 ``OUT/benchmark.md``, with each category's answer paragraph, margins over the best baseline
-(paired-bootstrap intervals, also in ``OUT/margins.json``) and detection by defect size (:mod:`anomaly.evidence`).
+(paired-bootstrap intervals, also in ``OUT/margins.json``) and detection by defect size (:mod:`anomaly.study.evidence`).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any, Sequence
 
 from anomaly import tables
 from anomaly.config import RunConfig
-from anomaly.evidence import evidence_markdown
-from anomaly.executors import Job, JobResult, LocalExecutor
+from anomaly.study.evidence import evidence_markdown
+from anomaly.study.executors import Job, JobResult, LocalExecutor
 from anomaly.models import METHODS
 from anomaly.records import MetricsRecord
 from anomaly.runs import is_evaluated
@@ -66,7 +66,7 @@ def run_benchmark(data: str | Path, categories: Sequence[str], methods: Sequence
         isolate: run each pair in a fresh (spawned) process for a per-run peak RSS.
         resume: reuse a pair whose run folder is complete and holds a ``metrics.json`` of its own model
             (:func:`anomaly.runs.is_evaluated`) instead of refitting it.
-        executor: where the fit + evaluate jobs run (:mod:`anomaly.executors`; default
+        executor: where the fit + evaluate jobs run (:mod:`anomaly.study.executors`; default
             ``LocalExecutor(isolate)``: here, one after another; ``RayExecutor``: Ray tasks).
     """
     unknown = sorted(set(methods) - set(METHODS))

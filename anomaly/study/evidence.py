@@ -9,10 +9,10 @@ Every comparison table and generated conclusion goes through this module:
   "flag every part" line under the F1 columns.
 - :func:`answer_paragraph`: the question's answer written from those numbers. A difference is
   called real only when its interval excludes 0 -- for a trained method, for every training seed
-  (:mod:`anomaly.pairwise`); each method's input size is stated, and so is a calibrated F1 below the
+  (:mod:`anomaly.study.pairwise`); each method's input size is stated, and so is a calibrated F1 below the
   flag-every-part floor.
 - :func:`size_table` / :func:`summarise_sizes`: detection by defect area (original masks, shared bins,
-  intervals: :mod:`anomaly.sizes`).
+  intervals: :mod:`anomaly.study.sizes`).
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ import pandas as pd
 
 from anomaly import bootstrap as B
 from anomaly import metrics as M
-from anomaly import pairwise, sizes
+from anomaly.study import pairwise, sizes
 from anomaly.models import BASELINES
 from anomaly.tables import to_markdown
-from anomaly.run_results import load_results
+from anomaly.study.run_results import load_results
 from anomaly.utils import read_json
-from anomaly.wording import fmt, fmt_ci  # noqa: F401  (fmt_ci: re-exported, the tables' one format)
+from anomaly.study.wording import fmt, fmt_ci  # noqa: F401  (fmt_ci: re-exported, the tables' one format)
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def margins_over_baseline(results: Sequence[Any], n_resamples: int = B.N_RESAMPL
                           resampler: Any = None) -> dict[str, dict[str, dict[str, Any]]]:
     """``{method: {metric: {"margin", "ci", "real", "seeds", "n_seeds"}}}`` for every non-baseline run against the
     best baseline; a method with several training seeds (``seed_results[method]``, first seed first) is real
-    only when every seed's margin is (:func:`anomaly.pairwise.margins`)."""
+    only when every seed's margin is (:func:`anomaly.study.pairwise.margins`)."""
     base = best_baseline(results)
     if base is None:
         return {}
@@ -72,7 +72,7 @@ def comparison_table(results: Sequence[Any], margins: dict[str, dict[str, dict[s
     """One row per method (baseline first) plus a "flag every part" row: rounded strings with 95 % intervals.
 
     Args:
-        spreads: ``{method: anomaly.seeds.spread(...)}`` of trained methods: their image AUROC over training
+        spreads: ``{method: anomaly.study.seeds.spread(...)}`` of trained methods: their image AUROC over training
             seeds, shown beside the bootstrap interval.
     """
     base = best_baseline(results)
@@ -127,7 +127,7 @@ def answer_paragraph(results: Sequence[Any], margins: dict[str, dict[str, dict[s
     """The study's answer in a few sentences, generated from the runs' numbers (markdown).
 
     Args:
-        pairs: margins between learned methods (:func:`anomaly.pairwise.pairwise`), when computed.
+        pairs: margins between learned methods (:func:`anomaly.study.pairwise.pairwise`), when computed.
     """
     first = results[0].metrics
     labels = results[0].predictions["labels"]
@@ -188,12 +188,12 @@ def per_type_table(results: Sequence[Any]) -> pd.DataFrame:
 
 
 def size_table(results: Sequence[Any], bins: Sequence[float] = M.SIZE_BINS) -> pd.DataFrame:
-    """Detection by defect area per method: :func:`anomaly.sizes.size_table` (original masks, shared bins)."""
+    """Detection by defect area per method: :func:`anomaly.study.sizes.size_table` (original masks, shared bins)."""
     return sizes.size_table(results, bins)
 
 
 def summarise_sizes(table: pd.DataFrame) -> str:
-    """One sentence per method on the defect sizes it cannot separate from good parts (:func:`anomaly.sizes.summarise`)."""
+    """One sentence per method on the defect sizes it cannot separate from good parts (:func:`anomaly.study.sizes.summarise`)."""
     return sizes.summarise(table)
 
 

@@ -5,7 +5,7 @@ limit, and the security headers of every answer.
 gets 400); :class:`BodyLimitMiddleware` answers 413 to a body over the limit without buffering it;
 :class:`SecurityHeadersMiddleware` adds ``X-Content-Type-Options: nosniff``, a deny-all
 Content-Security-Policy with ``frame-ancestors 'none'`` (the page and the docs send their own) and
-friends. All are installed by :func:`anomaly.service.create_app`.
+friends. All are installed by :func:`anomaly.station.service.create_app`.
 """
 
 from __future__ import annotations

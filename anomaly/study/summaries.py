@@ -14,15 +14,15 @@ import pandas as pd
 import torch
 
 from anomaly.calibration import read_calibration
-from anomaly.evidence import precision_of
-from anomaly.pairwise import verdict
+from anomaly.study.evidence import precision_of
+from anomaly.study.pairwise import verdict
 from anomaly.models.registry import method_spec
 from anomaly.records import MetricsRecord, ThresholdRecord
-from anomaly.run_results import RunResults, fitted_state_table
+from anomaly.study.run_results import RunResults, fitted_state_table
 from anomaly.runs import is_evaluated
-from anomaly.seeds import seed_runs
+from anomaly.study.seeds import seed_runs
 from anomaly.utils import read_json
-from anomaly.wording import fmt, fmt_ci, plural
+from anomaly.study.wording import fmt, fmt_ci, plural
 
 
 _NAMES = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO@0.3", "aupro_fpr05": "AUPRO@0.05"}
@@ -92,7 +92,7 @@ def summarise_comparison(table: pd.DataFrame, margins: dict[str, Any] | None = N
 
 def summarise_efficiency(table: pd.DataFrame, metric: str = "image_auroc") -> str:
     """Markdown: ``metric`` over seeds (mean and min-max) at the smallest and the full training set, and from which
-    size on the mean enters the full set's seed range (:func:`anomaly.sweeps.data_efficiency`)."""
+    size on the mean enters the full set's seed range (:func:`anomaly.study.sweeps.data_efficiency`)."""
     lines = []
     for method, rows in table.groupby("method"):
         stats = rows.groupby("n_train")[metric].agg(["mean", "min", "max", "count"]).sort_index()

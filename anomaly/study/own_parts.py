@@ -64,7 +64,7 @@ def write_example_folders(out: str | Path, category: str = "screw_aligned", n_go
             _save(Image.fromarray(image), out / "defective" / defect_type / f"part_{i:03d}.png")
             if masks:
                 _save(Image.fromarray(mask), out / "masks" / defect_type / f"part_{i:03d}.png")
-    meta = {"generator": "anomaly.own_parts", "category": category, "seed": seed, "n_good": n_good + 1,
+    meta = {"generator": "anomaly.study.own_parts", "category": category, "seed": seed, "n_good": n_good + 1,
             "n_per_defect": n_per_defect, "image_size": image_size, "masks": masks}
     (out / MARKER).write_text(json.dumps(meta, indent=2) + "\n")
     return {"good": str(out / "good"), "defective": str(out / "defective"),

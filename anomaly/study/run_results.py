@@ -3,7 +3,7 @@
 :func:`load_results` reads what ``evaluate_run`` wrote (predictions, metrics, threshold, calibration);
 the rest turns it into tables (:func:`metrics_table`, :func:`per_defect_table`, :func:`fitted_state_table`)
 and figure arguments (:func:`pick_cases`, :func:`comparison_examples`, :func:`reconstruction_examples`).
-The prose written from the same numbers lives in :mod:`anomaly.summaries`.
+The prose written from the same numbers lives in :mod:`anomaly.study.summaries`.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ import torch
 from anomaly import dataset as DS
 from anomaly import metrics as M
 from anomaly.calibration import read_calibration
-from anomaly.exploration import examples, load_samples
+from anomaly.study.exploration import examples, load_samples
 from anomaly.folders import run_data
 from anomaly.inference import display_range, load_run
 from anomaly.records import MetricsRecord, RunFolderError, ThresholdRecord
 from anomaly.runs import check_run_dir, read_dict, read_predictions
 from anomaly.utils import read_json
-from anomaly.wording import fmt_ci
+from anomaly.study.wording import fmt_ci
 
 
 @dataclass
