@@ -55,3 +55,22 @@ def patchcore_run(synthetic_root, tmp_path_factory) -> Path:
     torch.set_num_threads(2)
     return fit_run(RunConfig(synthetic_root, "screw_like", "patchcore", params={"image_size": 64}, device="cpu", batch_size=4),
                    tmp_path_factory.mktemp("patchcore_run") / "run")
+
+
+def mutate(data: bytes, kind: int, rng: np.random.Generator) -> bytes:
+    """One seeded mutation of an encoded image, the fuzz tests' four kinds: 0 byte flips (half of them in
+    the first 64 bytes, where the headers are), 1 a truncation, 2 a 16-byte overwrite, 3 an insertion."""
+    data = bytearray(data)
+    if kind == 0:
+        for _ in range(int(rng.integers(1, 9))):
+            limit = 64 if rng.random() < 0.5 else len(data)
+            data[int(rng.integers(0, min(limit, len(data))))] = int(rng.integers(0, 256))
+    elif kind == 1:
+        data = data[: int(rng.integers(1, len(data)))]
+    elif kind == 2:
+        start = int(rng.integers(0, len(data)))
+        data[start:start + 16] = rng.integers(0, 256, 16, dtype=np.uint8).tobytes()
+    else:
+        at = int(rng.integers(0, len(data)))
+        data[at:at] = rng.integers(0, 256, int(rng.integers(1, 64)), dtype=np.uint8).tobytes()
+    return bytes(data)

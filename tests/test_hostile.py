@@ -31,6 +31,7 @@ from PIL import Image
 
 from anomaly.decoding import DECODE_BUDGET, ImageDecodeError, PixelBudget, decode_cost, decode_image, decode_with_hw
 from anomaly.station.service import create_app
+from conftest import mutate
 
 LOCAL = "http://127.0.0.1"
 REPO = Path(__file__).resolve().parents[1]
@@ -417,20 +418,7 @@ def hostile_corpus(n: int, seed: int = 0) -> list[bytes]:
     rng, bases = np.random.default_rng(seed), crafted_bases()
     corpus = list(bases)
     for i in range(max(0, n - len(bases))):
-        data = bytearray(bases[i % len(bases)])
-        kind = (i // len(bases)) % 4
-        if kind == 0:
-            for _ in range(int(rng.integers(1, 9))):
-                data[int(rng.integers(0, min(64 if rng.random() < 0.5 else len(data), len(data))))] = int(rng.integers(256))
-        elif kind == 1:
-            data = data[: int(rng.integers(1, len(data)))]
-        elif kind == 2:
-            start = int(rng.integers(0, len(data)))
-            data[start:start + 16] = rng.integers(0, 256, 16, dtype=np.uint8).tobytes()
-        else:
-            at = int(rng.integers(0, len(data)))
-            data[at:at] = rng.integers(0, 256, int(rng.integers(1, 64)), dtype=np.uint8).tobytes()
-        corpus.append(bytes(data))
+        corpus.append(mutate(bases[i % len(bases)], (i // len(bases)) % 4, rng))
     return corpus
 
 

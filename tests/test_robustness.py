@@ -34,6 +34,7 @@ from anomaly.inference import load_run
 from anomaly.pipeline import evaluate_run, fit_run
 from anomaly.runs import MARKER, RunFolderError, check_run_dir, is_evaluated, staged_run_dir
 from anomaly.station.service import create_app
+from conftest import mutate
 
 CATEGORY = "screw_like"
 LOCAL = "http://127.0.0.1"
@@ -65,21 +66,7 @@ def fuzz_corpus(n: int, seed: int = 0) -> list[bytes]:
              for fmt in ("PNG", "JPEG", "TIFF", "BMP", "WEBP") for shape in ((24, 32), (24, 32, 3))]
     corpus = []
     for i in range(n):
-        data = bytearray(bases[i % len(bases)])
-        kind = (i // len(bases)) % 4
-        if kind == 0:
-            for _ in range(int(rng.integers(1, 9))):
-                limit = 64 if rng.random() < 0.5 else len(data)
-                data[int(rng.integers(0, min(limit, len(data))))] = int(rng.integers(0, 256))
-        elif kind == 1:
-            data = data[: int(rng.integers(1, len(data)))]
-        elif kind == 2:
-            start = int(rng.integers(0, len(data)))
-            data[start:start + 16] = rng.integers(0, 256, 16, dtype=np.uint8).tobytes()
-        else:
-            at = int(rng.integers(0, len(data)))
-            data[at:at] = rng.integers(0, 256, int(rng.integers(1, 64)), dtype=np.uint8).tobytes()
-        corpus.append(bytes(data))
+        corpus.append(mutate(bases[i % len(bases)], (i // len(bases)) % 4, rng))
     return corpus
 
 
