@@ -27,7 +27,6 @@ from anomaly.uncertainty import uncertainty_metrics
 
 logger = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.npz"
 
 

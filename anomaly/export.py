@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from anomaly.decoding import DataError
 from anomaly.geometry import letterbox_batch, maps_to_input
 from anomaly.models import EXPORTABLE, Detector, Prediction
 from anomaly.runs import file_sha256, is_current, read_dict
@@ -131,13 +132,12 @@ def check_parity(detector: Detector, scorer: OnnxScorer, images: torch.Tensor) -
 def parity_images(run: Any, n: int = 4, seed: int = 0) -> torch.Tensor:
     """(n, 3, S, S): test images of the run's data when it is on disk, else seeded random images."""
     from anomaly import dataset as DS  # deferred: pandas, not needed to score
-    from anomaly import decoding  # deferred: with the data modules below
     from anomaly.folders import run_data  # deferred: pandas
 
     size = run.image_size
     try:
         samples = run_data(run.config, 0.0).splits.test
-    except (KeyError, TypeError, decoding.DataError) as err:
+    except (KeyError, TypeError, DataError) as err:
         logger.info("parity check on random images (%s)", err)
         samples = []
     if not samples:

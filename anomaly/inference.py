@@ -40,7 +40,6 @@ logger = logging.getLogger(__name__)
 RUNTIMES = ("auto", "torch", "onnx")
 RUNTIME_HELP = ("auto (default): RUN_DIR/model.onnx in onnxruntime when it passes the parity check with PyTorch "
                 "(exported once), else PyTorch with the reason logged; torch; onnx")
-THRESHOLD_FILE = "threshold.json"
 
 
 class Scorer(Protocol):

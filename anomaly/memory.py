@@ -1,4 +1,4 @@
-"""Process memory: glibc allocator settings that keep the peak down, and RSS readings.
+"""Process memory: glibc allocator settings that keep the peak down, and the peak RSS of this process.
 
 Large image decodes free hundreds of MB at a time. glibc's default allocator then (a) raises its
 mmap threshold to the size just freed, so the next large blocks come from the heap and are not given

@@ -27,7 +27,7 @@ from anomaly.decoding import DataError, decode_with_hw, require_regular_file
 from anomaly.layout import IMAGE_EXTENSIONS
 from anomaly.inference import Decision, ImagePrediction, Run, Scorer, display_range, predict_images, runtime_scorer
 from anomaly.memory import peak_rss_mib
-from anomaly.station.results_csv import COLUMNS, ResultsCsv, pending, read_done, run_fingerprint  # noqa: F401
+from anomaly.station.results_csv import COLUMNS, ResultsCsv, pending, run_fingerprint  # noqa: F401
 from anomaly.utils import printable
 
 logger = logging.getLogger(__name__)
@@ -50,12 +50,6 @@ def list_images(inputs: Sequence[str | Path]) -> list[Path]:
         else:
             raise FileNotFoundError(f"no such file or folder: {printable(str(item))}")
     return list(dict.fromkeys(paths))  # a file named twice is inspected once
-
-
-def done_paths(csv_path: Path, fingerprint: str | None = None) -> set[str]:
-    """Paths (as written, :func:`anomaly.station.results_csv.path_text`) already in ``csv_path``; never changes the
-    file (see :func:`anomaly.station.results_csv.read_done`)."""
-    return set(read_done(csv_path, fingerprint))
 
 
 def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
